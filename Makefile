@@ -1,0 +1,46 @@
+# surge: `make run` serves the tiny model through the full cluster; `make test` sets up and runs every test.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.surge-installed
+MODEL := .cache/models/surge-tiny/surge-model.json
+FALLBACK_MODEL := .cache/models/surge-fallback/surge-model.json
+PYTEST_ARGS ?=
+
+.PHONY: run test lint venv models bench clean
+
+venv: $(STAMP)
+
+# pip, not uv: the CPU build of torch comes from this machine's pip configuration. Triton and the
+# vision/audio packages have no use on CPU; removing them saves ~1 GB and ~8 s of engine start-up.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade -q pip
+	$(PY) -m pip install -e ".[cpu,dev]"
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton || true
+	touch $@
+
+models: $(MODEL) $(FALLBACK_MODEL)
+
+$(MODEL): | $(STAMP)
+	$(PY) -m cluster.tiny_model --variant tiny
+
+$(FALLBACK_MODEL): | $(STAMP)
+	$(PY) -m cluster.tiny_model --variant fallback
+
+run: venv models
+	$(PY) -m cluster.run
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy cluster deployments autoscaling loadtests benchmarks
+
+test: venv models lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv models
+	$(PY) -m benchmarks.overhead --quick
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,169 @@
+"""The one typed surge configuration: inert pydantic models read from YAML with `SURGE_*` overrides.
+
+Objects that act (the Serve app, the local cluster) are built from these models elsewhere.
+Environment overrides use `__` between levels: `SURGE_SERVER__PORT=8001`, `SURGE_POOLS='[...]'` (JSON).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ConfigError",
+    "IngressConfig",
+    "PoolConfig",
+    "RayConfig",
+    "ServerConfig",
+    "SurgeConfig",
+    "load_config",
+]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "local.yaml"
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be served; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    """Where the OpenAI API listens and which front door Serve uses."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # haproxy: Serve's throughput mode (HAProxy on `port`, each ingress replica serving HTTP itself).
+    # standard: Ray Serve's own HTTP proxy on `port`.
+    proxy: Literal["haproxy", "standard"] = "haproxy"
+    request_timeout_s: float = Field(300.0, gt=0)
+
+
+class IngressConfig(_Strict):
+    """The HTTP-facing deployment."""
+
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, ge=0)
+    max_ongoing_requests: int = Field(1000, ge=1)
+
+
+class PoolConfig(_Strict):
+    """One model pool: a Serve deployment of identical engine replicas."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    # A local path or a hub id; relative paths resolve against the project root.
+    model: str
+    # The id clients send as `model`; defaults to the pool name.
+    served_model_name: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    engine: Literal["vllm"] = "vllm"
+    tensor_parallel_size: int = Field(1, ge=1)
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    # CPU threads for the engine's compute (OMP); None keeps the platform's default.
+    engine_threads: int | None = Field(None, ge=1)
+    # Concurrent requests one replica accepts; measured engine capacity, not Serve's default of 5.
+    max_ongoing_requests: int = Field(128, ge=1)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return self.served_model_name or self.name
+
+    @property
+    def model_names(self) -> list[str]:
+        return [self.model_id, *self.aliases]
+
+    def model_path(self) -> str:
+        path = Path(self.model)
+        if path.is_absolute() or not (PROJECT_ROOT / path).exists():
+            return self.model
+        return str(PROJECT_ROOT / path)
+
+
+class RayConfig(_Strict):
+    """How surge gets a Ray cluster: connect to `address`, or start a local one."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)
+    app_name: str = Field("surge", pattern=_NAME_PATTERN)
+
+
+class SurgeConfig(BaseSettings):
+    """The whole configuration; one instance builds the Serve app."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SURGE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    pools: list[PoolConfig] = Field(min_length=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: `SURGE_*` overrides what the YAML file (passed as init values) says.
+        return env_settings, init_settings
+
+    @field_validator("pools")
+    @classmethod
+    def _unique_pool_names(cls, pools: list[PoolConfig]) -> list[PoolConfig]:
+        _ensure_unique([p.name for p in pools], "pool name")
+        return pools
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> SurgeConfig:
+        _ensure_unique([n for p in self.pools for n in p.model_names], "model name or alias")
+        return self
+
+    def pool_for_model(self, model: str) -> PoolConfig | None:
+        return next((p for p in self.pools if model in p.model_names), None)
+
+
+def _ensure_unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {what} {name!r}")
+        seen.add(name)
+
+
+def load_config(path: str | Path | None = None) -> SurgeConfig:
+    """Read the YAML file (default `$SURGE_CONFIG` or configs/local.yaml), apply `SURGE_*`, validate."""
+    path = Path(path or os.environ.get("SURGE_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return SurgeConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid configuration:\n{_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"  {field}: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Turning whatever a request path raised into the one error contract (deployments/errors.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from deployments.errors import BadRequest, SurgeError, ServiceUnavailable
+
+__all__ = ["as_surge_error", "validation_error"]
+
+logger = logging.getLogger("surge.errors")
+_RETRY_AFTER = {"Retry-After": "1"}
+
+
+def as_surge_error(exc: BaseException) -> SurgeError:
+    """Unwrap Ray's exception wrappers; map Serve's overload and availability errors to 503."""
+    from ray import exceptions as ray_exc
+    from ray.serve import exceptions as serve_exc
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SurgeError):
+        return cause
+    if isinstance(exc, SurgeError):
+        return exc
+    if isinstance(exc, serve_exc.BackPressureError):
+        return ServiceUnavailable("the model pool is at capacity; retry shortly", headers=_RETRY_AFTER)
+    if isinstance(exc, serve_exc.DeploymentUnavailableError | ray_exc.RayActorError | ray_exc.ActorDiedError):
+        return ServiceUnavailable(
+            "the model pool is unavailable; retry shortly", code="model_unavailable", headers=_RETRY_AFTER
+        )
+    logger.error("unexpected error on a request path", exc_info=exc)
+    return SurgeError("internal server error")
+
+
+def validation_error(errors: Sequence[Any]) -> BadRequest:
+    """The first request-validation error as a 400 naming the offending parameter."""
+    first = dict(errors[0]) if errors else {}
+    if first.get("type") == "json_invalid":
+        return BadRequest("We could not parse the JSON body of your request.", code="invalid_json")
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if first.get("type") == "missing":
+        return BadRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    return BadRequest(f"Invalid value for '{param}': {message}", param=param, code="invalid_value")

@@ -1,0 +1,100 @@
+"""The model replica: one engine per Serve replica; a pool is the deployment's set of replicas."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, replace
+from typing import Any
+
+from cluster.config import PoolConfig
+from deployments.engines.base import (
+    Engine,
+    GenerationChunk,
+    GenerationRequest,
+    SamplingSpec,
+    TextPrompt,
+)
+from deployments.errors import BadRequest, ContextLengthExceeded
+
+__all__ = ["EngineFactory", "ModelReplica", "vllm_engine"]
+
+logger = logging.getLogger("surge.replica")
+EngineFactory = Callable[[PoolConfig], Engine]
+
+
+def vllm_engine(pool: PoolConfig) -> Engine:
+    """The default engine: vLLM on the pool's model."""
+    from deployments.engines.vllm import VllmEngine
+
+    return VllmEngine(pool.model_path(), pool.engine_args)
+
+
+class ModelReplica:
+    """Hosts one engine; validates prompt length against it and streams its output."""
+
+    async def __init__(self, pool: PoolConfig, engine_factory: EngineFactory = vllm_engine) -> None:
+        self._pool = pool
+        self._engine = engine_factory(pool)
+        self._aborted = 0
+        await self._warm_up()
+        logger.info("replica of pool %s ready (max_model_len=%d)", pool.name, self._engine.max_model_len)
+
+    async def _warm_up(self) -> None:
+        # The first request of a fresh engine pays one-off costs (seconds on TP engines): pay them
+        # before Serve marks the replica ready.
+        warm = GenerationRequest(f"warmup-{uuid.uuid4().hex}", TextPrompt("warm up"), SamplingSpec(max_tokens=2))
+        async for _ in self.generate(warm):
+            pass
+
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], SamplingSpec]:
+        try:
+            token_ids = self._engine.tokenize(request.prompt)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="prompt") from None
+        limit = self._engine.max_model_len
+        wanted = request.sampling.max_tokens
+        if len(token_ids) + (wanted or 1) > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{len(token_ids) + (wanted or 0)} tokens ({len(token_ids)} in the prompt, {wanted or 0} "
+                "in the completion). Please reduce the length of the prompt or the completion.",
+                param="messages",
+            )
+        return token_ids, replace(request.sampling, max_tokens=wanted or limit - len(token_ids))
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream chunks; a cancelled caller (client gone) aborts the engine request."""
+        token_ids, sampling = self._prepare(request)
+        finished = False
+        try:
+            async for chunk in self._engine.generate(request.request_id, token_ids, sampling, request.priority):
+                finished = chunk.finish_reason is not None
+                yield chunk
+        finally:
+            if not finished:
+                self._aborted += 1
+                await self._engine.abort(request.request_id)
+
+    async def complete(self, request: GenerationRequest) -> GenerationChunk:
+        """The whole completion as one chunk (non-streamed requests cross Ray once)."""
+        pieces: list[str] = []
+        last: GenerationChunk | None = None
+        async for chunk in self.generate(request):
+            pieces.append(chunk.text)
+            last = chunk
+        assert last is not None, "the engine ended a request without a final chunk"
+        return replace(last, text="".join(pieces))
+
+    async def stats(self) -> dict[str, Any]:
+        return {"pool": self._pool.name, "aborted_requests": self._aborted, **asdict(self._engine.stats())}
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: an engine that died marks the replica unhealthy."""
+        await self._engine.check_health()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,1 @@
+"""Locust scenarios for promo-day spikes and the SLO report (later issues)."""
