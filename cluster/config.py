@@ -111,9 +111,9 @@ class SurgeConfig(BaseSettings):
         env_prefix="SURGE_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    ingress: IngressConfig = Field(default_factory=IngressConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
+    server: ServerConfig = ServerConfig()
+    ingress: IngressConfig = IngressConfig()
+    ray: RayConfig = RayConfig()
     pools: list[PoolConfig] = Field(min_length=1)
 
     @classmethod

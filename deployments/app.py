@@ -20,7 +20,7 @@ def pool_deployment_name(pool: PoolConfig) -> str:
 
 
 def _pool_app(pool: PoolConfig, engine_factory: EngineFactory) -> Application:
-    deployment = serve.deployment(ModelReplica).options(
+    deployment = serve.deployment(
         name=pool_deployment_name(pool),
         num_replicas=pool.num_replicas,
         max_ongoing_requests=pool.max_ongoing_requests,
@@ -29,21 +29,21 @@ def _pool_app(pool: PoolConfig, engine_factory: EngineFactory) -> Application:
         health_check_timeout_s=30,
         graceful_shutdown_timeout_s=5,
         logging_config={"enable_access_log": False},
-    )
+    )(ModelReplica)
     return deployment.bind(pool, engine_factory)
 
 
 def build_app(config: SurgeConfig, engine_factory: EngineFactory = vllm_engine) -> Application:
     """The ingress bound to one replica pool per configured model."""
     handles = {pool.name: _pool_app(pool, engine_factory) for pool in config.pools}
-    ingress = serve.deployment(Ingress).options(
+    ingress = serve.deployment(
         name="ingress",
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
         graceful_shutdown_timeout_s=5,
         logging_config={"enable_access_log": False},
-    )
+    )(Ingress)
     return ingress.bind(config.server, list(config.pools), handles)
 
 

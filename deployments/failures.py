@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from deployments.errors import BadRequest, SurgeError, ServiceUnavailable
+from deployments.errors import BadRequest, ServiceUnavailable, SurgeError
 
 __all__ = ["as_surge_error", "validation_error"]
 

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -128,7 +128,7 @@ class Ingress:
     async def _stream(
         self, handle: DeploymentHandle, request: GenerationRequest, shape: ResponseShape, include_usage: bool
     ) -> StreamingResponse:
-        stream = handle.options(stream=True).generate.remote(request)
+        stream = cast(DeploymentResponseGenerator, handle.options(stream=True).generate.remote(request))
         # Errors before the first token still become a proper HTTP status.
         first = await self._call(stream.__anext__(), stream.cancel)
         events = _sse_events(stream, first, shape, include_usage)

@@ -34,7 +34,9 @@ def vllm_engine(pool: PoolConfig) -> Engine:
 class ModelReplica:
     """Hosts one engine; validates prompt length against it and streams its output."""
 
-    async def __init__(self, pool: PoolConfig, engine_factory: EngineFactory = vllm_engine) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
+        self, pool: PoolConfig, engine_factory: EngineFactory = vllm_engine
+    ) -> None:
         self._pool = pool
         self._engine = engine_factory(pool)
         self._aborted = 0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from deployments.engines.base import (
     ChatPrompt,
     Engine,
     EngineStats,
+    FinishReason,
     GenerationChunk,
     Prompt,
     SamplingSpec,
@@ -70,9 +71,9 @@ class VllmEngine(Engine):
     def tokenize(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, ChatPrompt):
             text = self._tokenizer.apply_chat_template(
-                prompt.messages, add_generation_prompt=True, tokenize=False
+                cast(Any, prompt.messages), add_generation_prompt=True, tokenize=False
             )
-            return list(self._tokenizer.encode(text, add_special_tokens=False))
+            return list(self._tokenizer.encode(str(text), add_special_tokens=False))
         if isinstance(prompt, TextPrompt):
             return list(self._tokenizer.encode(prompt.text))
         vocab_size = len(self._tokenizer)
@@ -99,7 +100,7 @@ class VllmEngine(Engine):
                 text=piece.text,
                 prompt_tokens=len(token_ids),
                 completion_tokens=completion_tokens,
-                finish_reason=piece.finish_reason if output.finished else None,
+                finish_reason=cast(FinishReason, piece.finish_reason) if output.finished else None,
                 cached_tokens=output.num_cached_tokens or 0,
             )
 
