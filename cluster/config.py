@@ -18,8 +18,11 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ConfigError",
     "IngressConfig",
+    "LocalNodesConfig",
     "PoolConfig",
     "RayConfig",
+    "RouteConfig",
+    "RoutingConfig",
     "ServerConfig",
     "SurgeConfig",
     "load_config",
@@ -73,8 +76,18 @@ class PoolConfig(_Strict):
     aliases: list[str] = Field(default_factory=list)
     engine: Literal["vllm"] = "vllm"
     tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
     num_replicas: int = Field(1, ge=1)
+    # CPUs of the replica actor itself, and of each tensor/pipeline-parallel engine worker.
     num_cpus: float = Field(1.0, ge=0)
+    cpus_per_worker: float = Field(1.0, ge=0)
+    # CPU engines on a local multi-node rehearsal: reserve the declared (fake) GPUs so replicas land on
+    # GPU workers and spread as they would on a GPU cluster.
+    reserve_gpus: bool = False
+    # Spread replicas across nodes (Serve's max_replicas_per_node, for pools without placement groups).
+    max_replicas_per_node: int | None = Field(None, ge=1)
+    # Replica choice inside the pool: prefix-cache affinity with a load bound, or Serve's power of two.
+    request_router: Literal["prefix", "power_of_two"] = "prefix"
     # CPU threads for the engine's compute (OMP); None keeps the platform's default.
     engine_threads: int | None = Field(None, ge=1)
     # Concurrent requests one replica accepts; measured engine capacity, not Serve's default of 5.
@@ -96,12 +109,52 @@ class PoolConfig(_Strict):
         return str(PROJECT_ROOT / path)
 
 
+class LocalNodesConfig(_Strict):
+    """A head plus worker raylets on this machine, workers declaring GPUs, to rehearse multi-node placement."""
+
+    workers: int = Field(2, ge=0)
+    head_cpus: int = Field(2, ge=1)
+    worker_cpus: int = Field(4, ge=1)
+    worker_gpus: int = Field(2, ge=0)
+
+
 class RayConfig(_Strict):
-    """How surge gets a Ray cluster: connect to `address`, or start a local one."""
+    """How surge gets a Ray cluster: connect to `address`, or start a local one (multi-node if `local_nodes`)."""
 
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1)
+    local_nodes: LocalNodesConfig | None = None
     app_name: str = Field("surge", pattern=_NAME_PATTERN)
+
+
+class RouteConfig(_Strict):
+    """What a client's `model` resolves to: weighted pools (a canary split) and a smaller fallback pool."""
+
+    model: str
+    pools: dict[str, float] = Field(min_length=1)
+    fallback: str | None = None
+    # Spill to the fallback once this many requests wait on the primary pool (0: only when it fails).
+    queue_threshold: int = Field(0, ge=0)
+
+    @field_validator("pools")
+    @classmethod
+    def _positive_weights(cls, pools: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in pools.values()) or not sum(pools.values()) > 0:
+            raise ValueError("weights must be >= 0 and add up to more than 0")
+        return pools
+
+
+class RoutingConfig(_Strict):
+    """The traffic router: routes beyond each pool's own names, circuit breakers, retries."""
+
+    routes: list[RouteConfig] = Field(default_factory=list)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_open_s: float = Field(10.0, ge=0)
+    max_attempts: int = Field(3, ge=1)
+    backoff_base_s: float = Field(0.05, ge=0)
+    backoff_cap_s: float = Field(1.0, ge=0)
+    # The ingress routes on a snapshot of the router's table, refreshed this often (no per-request hop).
+    snapshot_interval_s: float = Field(0.25, gt=0)
 
 
 class SurgeConfig(BaseSettings):
@@ -114,6 +167,7 @@ class SurgeConfig(BaseSettings):
     server: ServerConfig = ServerConfig()
     ingress: IngressConfig = IngressConfig()
     ray: RayConfig = RayConfig()
+    routing: RoutingConfig = RoutingConfig()
     pools: list[PoolConfig] = Field(min_length=1)
 
     @classmethod
@@ -137,10 +191,25 @@ class SurgeConfig(BaseSettings):
     @model_validator(mode="after")
     def _unique_model_names(self) -> SurgeConfig:
         _ensure_unique([n for p in self.pools for n in p.model_names], "model name or alias")
+        _ensure_unique([r.model for r in self.routing.routes], "route model")
         return self
 
-    def pool_for_model(self, model: str) -> PoolConfig | None:
-        return next((p for p in self.pools if model in p.model_names), None)
+    @model_validator(mode="after")
+    def _routes_name_known_pools(self) -> SurgeConfig:
+        names = {p.name for p in self.pools}
+        for route in self.routing.routes:
+            unknown = [n for n in [*route.pools, route.fallback] if n is not None and n not in names]
+            if unknown:
+                raise ValueError(f"route {route.model!r} names unknown pool(s) {unknown}")
+        return self
+
+    def route_table(self) -> dict[str, RouteConfig]:
+        """Every model id clients may send: each pool's own names, then explicit routes (which win)."""
+        table = {name: RouteConfig(model=name, pools={p.name: 1.0}) for p in self.pools for name in p.model_names}
+        return table | {route.model: route for route in self.routing.routes}
+
+    def pool(self, name: str) -> PoolConfig:
+        return next(p for p in self.pools if p.name == name)
 
 
 def _ensure_unique(names: list[str], what: str) -> None:

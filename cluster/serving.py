@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 from cluster.config import SurgeConfig
-from cluster.env import apply_process_env
+from cluster.env import apply_process_env, ray_env
 
-__all__ = ["base_url", "serving"]
+__all__ = ["base_url", "serving", "serving_cluster"]
 
 logger = logging.getLogger("surge.serving")
 
@@ -18,13 +19,26 @@ def base_url(config: SurgeConfig) -> str:
     return f"http://{config.server.host}:{config.server.port}"
 
 
-def _start_ray(config: SurgeConfig) -> None:
+def _start_ray(config: SurgeConfig, stack: ExitStack) -> Any:
+    """Join `ray.address`, start a local multi-node cluster, or start a plain local Ray; returns the cluster."""
     import ray
 
     apply_process_env(config.server)
     if config.ray.address:
         ray.init(address=config.ray.address, log_to_driver=False)
-        return
+        return None
+    nodes = config.ray.local_nodes
+    if nodes is not None:
+        from cluster.local import LocalCluster
+
+        cluster = LocalCluster(
+            num_workers=nodes.workers, head_cpus=nodes.head_cpus, worker_cpus=nodes.worker_cpus,
+            worker_gpus=nodes.worker_gpus, env_vars=ray_env(config.server), fast_failure_detection=True,
+        )
+        stack.enter_context(cluster)
+        ray.init(address=cluster.address, log_to_driver=False)
+        return cluster
+    stack.callback(ray.shutdown)
     ray.init(
         # "local" always starts a fresh cluster; a bare ray.init() would join any cluster found on the machine.
         address="local",
@@ -33,24 +47,26 @@ def _start_ray(config: SurgeConfig) -> None:
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
     )
+    return None
 
 
 @contextmanager
-def serving(config: SurgeConfig, **build_kwargs: object) -> Iterator[str]:
+def serving(config: SurgeConfig, **build_kwargs: Any) -> Iterator[str]:
     """Run the app for the duration of the block and yield its base URL; always tears Ray down."""
-    import ray
+    with serving_cluster(config, **build_kwargs) as (url, _):
+        yield url
+
+
+@contextmanager
+def serving_cluster(config: SurgeConfig, **build_kwargs: Any) -> Iterator[tuple[str, Any]]:
+    """Like `serving`, also yielding the LocalCluster (None unless `ray.local_nodes` is set)."""
     from ray import serve
 
     from deployments.app import build_app
 
-    _start_ray(config)
-    try:
+    with ExitStack() as stack:
+        cluster = _start_ray(config, stack)
+        stack.callback(serve.shutdown)
         serve.start(http_options={"host": config.server.host, "port": config.server.port})
-        app = build_app(config, **build_kwargs)  # type: ignore[arg-type]
-        serve.run(app, name=config.ray.app_name, route_prefix="/", blocking=False)
-        yield base_url(config)
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+        serve.run(build_app(config, **build_kwargs), name=config.ray.app_name, route_prefix="/", blocking=False)
+        yield base_url(config), cluster

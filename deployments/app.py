@@ -2,49 +2,83 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from cluster.config import PoolConfig, SurgeConfig, load_config
 from cluster.env import engine_env
+from cluster.placement import Platform, detect_platform, plan_placement
 from deployments.ingress import Ingress
 from deployments.model_replica import EngineFactory, ModelReplica, vllm_engine
+from deployments.traffic_router import TrafficRouter
 
-__all__ = ["app_builder", "build_app", "pool_deployment_name"]
+__all__ = ["app_builder", "build_app", "pool_deployment_name", "pool_options"]
+
+_QUIET: dict[str, Any] = {"logging_config": {"enable_access_log": False}}
+_PREFIX_ROUTER = "deployments.request_router:PrefixAffinityRouter"
 
 
 def pool_deployment_name(pool: PoolConfig) -> str:
     return f"pool-{pool.name}"
 
 
-def _pool_app(pool: PoolConfig, engine_factory: EngineFactory) -> Application:
+@cache
+def _platform() -> Platform:
+    return detect_platform()
+
+
+def pool_options(pool: PoolConfig, platform: Platform) -> tuple[dict[str, Any], PoolConfig]:
+    """Serve options for the pool's deployment and the pool with its placement's engine arguments merged in."""
+    plan = plan_placement(
+        pool.tensor_parallel_size, pool.pipeline_parallel_size, pool.cpus_per_worker, pool.num_cpus, platform,
+        reserve_gpus=pool.reserve_gpus,
+    )
+    options = plan.deployment_options(pool.max_replicas_per_node)
+    env = {**plan.engine_env, **engine_env(pool)}
+    options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
+    if pool.request_router == "prefix":
+        options["request_router_config"] = RequestRouterConfig(request_router_class=_PREFIX_ROUTER)  # type: ignore[arg-type]
+    engine_args = {**plan.engine_kwargs(), **pool.engine_args}
+    return options, pool.model_copy(update={"engine_args": engine_args})
+
+
+def _pool_app(pool: PoolConfig, engine_factory: EngineFactory, platform: Platform) -> Application:
+    options, placed = pool_options(pool, platform)
     deployment = serve.deployment(
         name=pool_deployment_name(pool),
         num_replicas=pool.num_replicas,
         max_ongoing_requests=pool.max_ongoing_requests,
-        ray_actor_options={"num_cpus": pool.num_cpus, "runtime_env": {"env_vars": engine_env(pool)}},
         health_check_period_s=10,
         health_check_timeout_s=30,
         graceful_shutdown_timeout_s=5,
-        logging_config={"enable_access_log": False},
+        **options,
+        **_QUIET,
     )(ModelReplica)
-    return deployment.bind(pool, engine_factory)
+    return deployment.bind(placed, engine_factory)
 
 
-def build_app(config: SurgeConfig, engine_factory: EngineFactory = vllm_engine) -> Application:
-    """The ingress bound to one replica pool per configured model."""
-    handles = {pool.name: _pool_app(pool, engine_factory) for pool in config.pools}
+def build_app(
+    config: SurgeConfig, engine_factory: EngineFactory = vllm_engine, platform: Platform | None = None
+) -> Application:
+    """The ingress, the traffic router, and one replica pool per configured model."""
+    platform = platform or _platform()
+    handles = {pool.name: _pool_app(pool, engine_factory, platform) for pool in config.pools}
+    router = serve.deployment(name="traffic-router", num_replicas=1, ray_actor_options={"num_cpus": 0}, **_QUIET)(
+        TrafficRouter
+    ).bind(config.routing, config.route_table(), config.server.request_timeout_s)
     ingress = serve.deployment(
         name="ingress",
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
         graceful_shutdown_timeout_s=5,
-        logging_config={"enable_access_log": False},
+        **_QUIET,
     )(Ingress)
-    return ingress.bind(config.server, list(config.pools), handles)
+    return ingress.bind(config, handles, router)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -31,6 +31,15 @@ def vllm_engine(pool: PoolConfig) -> Engine:
     return VllmEngine(pool.model_path(), pool.engine_args)
 
 
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # outside Serve (unit tests with a fake engine)
+        return ""
+
+
 class ModelReplica:
     """Hosts one engine; validates prompt length against it and streams its output."""
 
@@ -40,6 +49,7 @@ class ModelReplica:
         self._pool = pool
         self._engine = engine_factory(pool)
         self._aborted = 0
+        self._replica_id = _replica_id()
         await self._warm_up()
         logger.info("replica of pool %s ready (max_model_len=%d)", pool.name, self._engine.max_model_len)
 
@@ -70,10 +80,12 @@ class ModelReplica:
         """Stream chunks; a cancelled caller (client gone) aborts the engine request."""
         token_ids, sampling = self._prepare(request)
         finished = False
+        replica_id = self._replica_id
         try:
             async for chunk in self._engine.generate(request.request_id, token_ids, sampling, request.priority):
                 finished = chunk.finish_reason is not None
-                yield chunk
+                yield replace(chunk, replica_id=replica_id) if replica_id else chunk
+                replica_id = ""
         finally:
             if not finished:
                 self._aborted += 1
@@ -87,7 +99,7 @@ class ModelReplica:
             pieces.append(chunk.text)
             last = chunk
         assert last is not None, "the engine ended a request without a final chunk"
-        return replace(last, text="".join(pieces))
+        return replace(last, text="".join(pieces), replica_id=self._replica_id)
 
     async def stats(self) -> dict[str, Any]:
         return {"pool": self._pool.name, "aborted_requests": self._aborted, **asdict(self._engine.stats())}

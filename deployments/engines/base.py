@@ -80,6 +80,8 @@ class GenerationChunk:
     completion_tokens: int
     finish_reason: FinishReason | None = None
     cached_tokens: int = 0
+    # Set by the replica on the chunks it sends; tells operators (and tests) which replica served.
+    replica_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from deployments.routing.breaker import (
 )
 from deployments.routing.canary import CanaryDecision, pick_version
 from deployments.routing.fallback import PoolDecision, choose_pool
+from deployments.routing.table import RoutingDecision, route_request
 
 __all__ = [
     "BreakerDecision",
@@ -22,10 +23,12 @@ __all__ = [
     "BreakerStatus",
     "CanaryDecision",
     "PoolDecision",
+    "RoutingDecision",
     "allow_request",
     "backoff_delay_s",
     "choose_pool",
     "may_retry",
     "on_result",
     "pick_version",
+    "route_request",
 ]

@@ -61,8 +61,21 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
 
 
-def test_pool_lookup_by_alias(tmp_path: Path) -> None:
+def test_route_table_has_pool_names_and_aliases(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, POOL + "    aliases: [default]\n"))
-    pool = config.pool_for_model("default")
-    assert pool is not None and pool.name == "main"
-    assert config.pool_for_model("nope") is None
+    table = config.route_table()
+    assert table["default"].pools == {"main": 1.0}
+    assert set(table) == {"main", "default"}
+
+
+def test_explicit_route_overrides_pool_name(tmp_path: Path) -> None:
+    text = "routing:\n  routes:\n    - model: main\n      pools: {main: 0.9, canary: 0.1}\n      fallback: canary\n"
+    config = load_config(write(tmp_path, text + POOL + "  - name: canary\n    model: m2\n"))
+    assert config.route_table()["main"].pools == {"main": 0.9, "canary": 0.1}
+    assert config.route_table()["main"].fallback == "canary"
+
+
+def test_route_to_unknown_pool_is_rejected(tmp_path: Path) -> None:
+    text = "routing:\n  routes:\n    - model: x\n      pools: {ghost: 1}\n"
+    with pytest.raises(ConfigError, match="unknown pool"):
+        load_config(write(tmp_path, text + POOL))

@@ -203,3 +203,47 @@ def test_no_retry_after_first_token() -> None:
 
 def test_no_retry_past_max_attempts() -> None:
     assert not may_retry(3, 3, first_token_sent=False)
+
+
+# --- route_request: canary, fallback and breakers together -------------------------------------------
+
+from cluster.config import RouteConfig  # noqa: E402
+from deployments.routing import route_request  # noqa: E402
+
+ROUTE = RouteConfig(model="m", pools={"main": 1.0}, fallback="small", queue_threshold=8)
+
+
+def test_route_goes_to_primary_when_healthy() -> None:
+    decision = route_request(ROUTE, 0.5, {}, lambda pool: True)
+    assert (decision.pool, decision.is_fallback) == ("main", False)
+
+
+def test_route_falls_back_when_primary_breaker_refuses() -> None:
+    decision = route_request(ROUTE, 0.5, {}, lambda pool: pool != "main")
+    assert (decision.pool, decision.is_fallback) == ("small", True)
+
+
+def test_route_falls_back_when_primary_queue_is_deep() -> None:
+    decision = route_request(ROUTE, 0.5, {"main": 8}, lambda pool: True)
+    assert (decision.pool, decision.is_fallback) == ("small", True)
+
+
+def test_route_is_unavailable_when_every_pool_refuses() -> None:
+    decision = route_request(ROUTE, 0.5, {}, lambda pool: False)
+    assert decision.pool is None and decision.retry_after_s
+
+
+def test_route_without_fallback_is_unavailable_when_primary_refuses() -> None:
+    route = RouteConfig(model="m", pools={"main": 1.0})
+    assert route_request(route, 0.5, {}, lambda pool: False).pool is None
+
+
+def test_route_stays_on_deep_primary_when_fallback_is_down() -> None:
+    decision = route_request(ROUTE, 0.5, {"main": 9}, lambda pool: pool == "main")
+    assert decision.pool == "main"
+
+
+def test_route_follows_canary_weights() -> None:
+    route = RouteConfig(model="m", pools={"v1": 0.9, "v2": 0.1})
+    picks = [route_request(route, i / 1000, {}, lambda pool: True).pool for i in range(1000)]
+    assert abs(picks.count("v2") - 100) <= 50

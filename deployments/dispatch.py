@@ -1,0 +1,136 @@
+"""Calling a model pool for one request: routing decision, retries with backoff before the first token,
+deadline, and the outcome reports that drive the traffic router's circuit breakers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from cluster.config import RouteConfig, RoutingConfig
+from deployments.engines.base import GenerationChunk, GenerationRequest
+from deployments.errors import DeadlineExceeded, ServiceUnavailable, SurgeError
+from deployments.failures import as_surge_error
+from deployments.routing import RoutingDecision, backoff_delay_s, may_retry
+from deployments.traffic_router import RouteClient
+
+__all__ = ["Dispatched", "Dispatcher"]
+
+
+@dataclass
+class Dispatched:
+    """Where a request went, and its first chunk (streams) or whole result (non-streamed)."""
+
+    decision: RoutingDecision
+    chunk: GenerationChunk
+    stream: DeploymentResponseGenerator | None = None
+
+    @property
+    def pool(self) -> str:
+        assert self.decision.pool is not None
+        return self.decision.pool
+
+    def headers(self) -> dict[str, str]:
+        headers = {"X-Surge-Pool": self.pool}
+        if self.decision.is_fallback:
+            headers["X-Surge-Fallback"] = self.pool
+        if self.chunk.replica_id:
+            headers["X-Surge-Replica"] = self.chunk.replica_id
+        return headers
+
+
+class Dispatcher:
+    """Sends requests to pools chosen by the route client; only pool failures count against a pool."""
+
+    def __init__(
+        self, handles: dict[str, DeploymentHandle], routes: RouteClient, routing: RoutingConfig, timeout_s: float
+    ) -> None:
+        self._handles = handles
+        self._routes = routes
+        self._routing = routing
+        self._timeout_s = timeout_s
+        self._rng = random.Random()
+
+    async def complete(self, route: RouteConfig, request: GenerationRequest) -> Dispatched:
+        """The whole completion; the pool's in-flight slot is released when it returns."""
+        dispatched = await self._attempts(route, lambda pool: self._handles[pool].complete.remote(request))
+        self._routes.finished(dispatched.pool, ok=True)
+        return dispatched
+
+    async def open_stream(self, route: RouteConfig, request: GenerationRequest) -> Dispatched:
+        """The stream and its first chunk; the caller must call `stream_ended` when it is done."""
+        streams: dict[str, DeploymentResponseGenerator] = {}
+
+        def first_chunk(pool: str) -> Awaitable[Any]:
+            handle = self._handles[pool].options(stream=True)
+            streams[pool] = cast(DeploymentResponseGenerator, handle.generate.remote(request))
+            return streams[pool].__anext__()
+
+        dispatched = await self._attempts(route, first_chunk, cancel=lambda pool: streams[pool].cancel())
+        dispatched.stream = streams[dispatched.pool]
+        return dispatched
+
+    def stream_ended(self, dispatched: Dispatched, ok: bool | None) -> None:
+        self._routes.finished(dispatched.pool, ok)
+
+    async def _attempts(
+        self,
+        route: RouteConfig,
+        call: Callable[[str], Awaitable[Any]],
+        cancel: Callable[[str], None] | None = None,
+    ) -> Dispatched:
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            decision = await self._routes.decide(route)
+            if decision.pool is None:
+                retry_after = {"Retry-After": str(max(1, round(decision.retry_after_s or 1)))}
+                raise ServiceUnavailable(decision.reason, code="model_unavailable", headers=retry_after)
+            try:
+                chunk = await self._one_attempt(decision.pool, call, cancel, deadline)
+                return Dispatched(decision, chunk)
+            except SurgeError as err:
+                if err.status < 500 or isinstance(err, DeadlineExceeded):
+                    raise
+                if not may_retry(attempt, self._routing.max_attempts, first_token_sent=False):
+                    raise
+            delay_s = backoff_delay_s(
+                attempt - 1, self._routing.backoff_base_s, self._routing.backoff_cap_s, rng_value=self._rng.random()
+            )
+            await asyncio.sleep(delay_s)
+
+    async def _one_attempt(
+        self,
+        pool: str,
+        call: Callable[[str], Awaitable[Any]],
+        cancel: Callable[[str], None] | None,
+        deadline: float,
+    ) -> GenerationChunk:
+        self._routes.started(pool)
+        remaining_s = deadline - asyncio.get_running_loop().time()
+        awaitable = call(pool)
+        try:
+            return cast(GenerationChunk, await asyncio.wait_for(awaitable, timeout=max(remaining_s, 0.001)))
+        except TimeoutError:
+            self._routes.finished(pool, ok=False)
+            _cancel(awaitable, cancel, pool)
+            raise DeadlineExceeded(f"no response within {self._timeout_s:g} s") from None
+        except Exception as exc:
+            err = as_surge_error(exc)
+            # Client errors say nothing about the pool's health; overload is handled by fallback, not the breaker.
+            healthy = None if err.status < 500 or err.code == "overloaded" else False
+            self._routes.finished(pool, healthy)
+            _cancel(awaitable, cancel, pool)
+            raise err from None
+
+
+def _cancel(awaitable: Any, cancel: Callable[[str], None] | None, pool: str) -> None:
+    if cancel is not None:
+        cancel(pool)
+    elif hasattr(awaitable, "cancel"):
+        awaitable.cancel()

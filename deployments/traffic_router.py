@@ -1,0 +1,124 @@
+"""The traffic router deployment (owns breakers and the routing table) and the ingress's client of it.
+
+Tokens never pass through the router: the ingress asks it (or a snapshot of it) which pool to call, then
+calls that pool itself. Outcomes flow back in batches, so the router's breakers see every ingress replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from typing import Any
+
+from ray.serve.handle import DeploymentHandle
+
+from cluster.config import RouteConfig, RoutingConfig
+from deployments.routing import (
+    BreakerPolicy,
+    BreakerState,
+    BreakerStatus,
+    RoutingDecision,
+    allow_request,
+    on_result,
+    route_request,
+)
+
+__all__ = ["RouteClient", "TrafficRouter"]
+
+logger = logging.getLogger("surge.router")
+
+
+class TrafficRouter:
+    """Model → pool decisions with canary weights, per-pool circuit breakers and fallback pools."""
+
+    def __init__(self, routing: RoutingConfig, routes: dict[str, RouteConfig], timeout_s: float) -> None:
+        self._routes = routes
+        self._policy = BreakerPolicy(routing.breaker_failures, routing.breaker_open_s, timeout_s)
+        self._breakers: dict[str, BreakerState] = {}
+
+    def _admits(self, pool: str) -> bool:
+        decision, self._breakers[pool] = allow_request(self._breaker(pool), time.monotonic(), self._policy)
+        if decision.is_probe:
+            logger.info("pool %s: %s", pool, decision.reason)
+        return decision.allowed
+
+    def _breaker(self, pool: str) -> BreakerState:
+        return self._breakers.get(pool, BreakerState())
+
+    async def decide(self, model: str, rng_value: float, queue_depths: dict[str, int]) -> RoutingDecision:
+        """The authoritative decision; half-open probes are granted here only."""
+        return route_request(self._routes[model], rng_value, queue_depths, self._admits)
+
+    async def report(self, outcomes: list[tuple[str, bool]]) -> dict[str, str]:
+        """Fold request outcomes into the breakers; returns every pool's breaker status."""
+        now = time.monotonic()
+        for pool, ok in outcomes:
+            before = self._breaker(pool).status
+            self._breakers[pool] = on_result(self._breaker(pool), ok, now, self._policy)
+            if self._breakers[pool].status != before:
+                logger.warning("pool %s breaker %s -> %s", pool, before, self._breakers[pool].status)
+        return self.statuses(now)
+
+    def statuses(self, now: float) -> dict[str, str]:
+        """Breaker status per pool as a snapshot reader should act on it (an expired open is half-open)."""
+        result = {}
+        for pool, state in self._breakers.items():
+            expired = state.status is BreakerStatus.OPEN and now - (state.opened_at or now) >= self._policy.open_s
+            result[pool] = BreakerStatus.HALF_OPEN.value if expired else state.status.value
+        return result
+
+
+class RouteClient:
+    """The ingress side: decides locally on the router's latest breaker snapshot while every candidate
+    pool is closed (no extra hop), asks the router when one is not, and reports outcomes in batches."""
+
+    def __init__(self, router: DeploymentHandle, routes: dict[str, RouteConfig], routing: RoutingConfig) -> None:
+        self._router = router
+        self._routes = routes
+        self._interval_s = routing.snapshot_interval_s
+        self._statuses: dict[str, str] = {}
+        self._outcomes: list[tuple[str, bool]] = []
+        self._in_flight: Counter[str] = Counter()
+        self._sync_task: asyncio.Task[None] | None = None
+        self._rng = random.Random()
+
+    def route(self, model: str) -> RouteConfig | None:
+        return self._routes.get(model)
+
+    async def decide(self, route: RouteConfig) -> RoutingDecision:
+        self._ensure_syncing()
+        rng_value = self._rng.random()
+        candidates = [*route.pools, *([route.fallback] if route.fallback else [])]
+        if all(self._statuses.get(pool, "closed") == "closed" for pool in candidates):
+            return route_request(route, rng_value, self._in_flight, lambda pool: True)
+        result: RoutingDecision = await self._router.decide.remote(route.model, rng_value, dict(self._in_flight))
+        return result
+
+    def started(self, pool: str) -> None:
+        self._in_flight[pool] += 1
+
+    def finished(self, pool: str, ok: bool | None) -> None:
+        """A request left `pool`; `ok=None` says nothing about the pool's health (e.g. a client error)."""
+        self._in_flight[pool] -= 1
+        if ok is not None:
+            self._outcomes.append((pool, ok))
+
+    def _ensure_syncing(self) -> None:
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_forever())
+
+    async def _sync_forever(self) -> None:
+        while True:
+            outcomes, self._outcomes = self._outcomes, []
+            try:
+                self._statuses = await self._router.report.remote(outcomes)
+            except Exception as exc:
+                logger.warning("traffic router unreachable: %r", exc)
+                self._outcomes = outcomes + self._outcomes
+            await asyncio.sleep(self._interval_s)
+
+    def debug_state(self) -> dict[str, Any]:
+        return {"breakers": dict(self._statuses), "in_flight": dict(self._in_flight)}
