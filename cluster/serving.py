@@ -67,6 +67,9 @@ def serving_cluster(config: SurgeConfig, **build_kwargs: Any) -> Iterator[tuple[
     with ExitStack() as stack:
         cluster = _start_ray(config, stack)
         stack.callback(serve.shutdown)
-        serve.start(http_options={"host": config.server.host, "port": config.server.port})
+        serve.start(
+            proxy_location=config.server.proxy_location,
+            http_options={"host": config.server.host, "port": config.server.port},
+        )
         serve.run(build_app(config, **build_kwargs), name=config.ray.app_name, route_prefix="/", blocking=False)
         yield base_url(config), cluster

@@ -113,12 +113,16 @@ class Dispatcher:
     ) -> GenerationChunk:
         self._routes.started(pool)
         remaining_s = deadline - asyncio.get_running_loop().time()
+        timeout_s = min(remaining_s, self._routing.attempt_timeout_s)
         awaitable = call(pool)
         try:
-            return cast(GenerationChunk, await asyncio.wait_for(awaitable, timeout=max(remaining_s, 0.001)))
+            return cast(GenerationChunk, await asyncio.wait_for(awaitable, timeout=max(timeout_s, 0.001)))
         except TimeoutError:
             self._routes.finished(pool, ok=False)
             _cancel(awaitable, cancel, pool)
+            if timeout_s < remaining_s:
+                message = f"pool {pool!r} did not answer within {timeout_s:g} s"
+                raise ServiceUnavailable(message, code="pool_timeout") from None
             raise DeadlineExceeded(f"no response within {self._timeout_s:g} s") from None
         except Exception as exc:
             err = as_surge_error(exc)

