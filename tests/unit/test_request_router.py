@@ -111,21 +111,22 @@ def test_rejects_zero_capacity() -> None:
 # --- reading the routing key --------------------------------------------------------------------
 
 
+# PendingRequest makes an asyncio future: build it inside a running loop (async tests).
 def _pending(routing_key: object) -> PendingRequest:
     metadata = RequestMetadata(request_id="r", internal_request_id="r", call_method="generate")
     return PendingRequest(args=[SimpleNamespace(routing_key=routing_key)], kwargs={}, metadata=metadata)
 
 
-def test_routing_key_read_from_first_argument() -> None:
+async def test_routing_key_read_from_first_argument() -> None:
     assert routing_key_of(_pending("abc")) == "abc"
 
 
 @pytest.mark.parametrize("key", [None, "", 42])
-def test_unusable_routing_key_is_none(key: object) -> None:
+async def test_unusable_routing_key_is_none(key: object) -> None:
     assert routing_key_of(_pending(key)) is None
 
 
-def test_request_without_arguments_has_no_key() -> None:
+async def test_request_without_arguments_has_no_key() -> None:
     metadata = RequestMetadata(request_id="r", internal_request_id="r")
     assert routing_key_of(PendingRequest(args=[], kwargs={}, metadata=metadata)) is None
 

@@ -1,0 +1,397 @@
+"""Async SQL store of API keys and usage: SQLite (aiosqlite) or PostgreSQL (asyncpg) behind `KeyStore`.
+
+Limits hold across every process on the same database: a reservation checks and charges rpm, tpm and the
+daily quota in one transaction holding the key's lock (SQLite BEGIN IMMEDIATE; Postgres SELECT FOR UPDATE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import itertools
+import secrets
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import asyncpg
+
+from deployments.admission.decisions import (
+    MINUTE_S,
+    Rejection,
+    Reservation,
+    WindowUsage,
+    day_of,
+    rate_limit_decision,
+    window_start,
+)
+from deployments.admission.tiers import PROJECT_ROOT, TierConfig
+
+__all__ = [
+    "KEY_PREFIX",
+    "ApiKey",
+    "KeyNameTakenError",
+    "KeyStore",
+    "UnknownKeyError",
+    "Usage",
+    "hash_key",
+    "open_store",
+    "sqlite_path",
+]
+
+KEY_PREFIX = "sk-surge-"
+# Random characters of the key kept for display: identify a key without weakening it.
+_DISPLAY_CHARS = 4
+_BUSY_TIMEOUT_S = 30.0
+_RETRY_S = 0.05
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS surge_api_keys (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, tier TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, revoked_at DOUBLE PRECISION)""",
+    # A revoked key's name may be given to a new key.
+    """CREATE UNIQUE INDEX IF NOT EXISTS surge_api_keys_active_name
+        ON surge_api_keys (name) WHERE revoked_at IS NULL""",
+    # One row per key, reused as the minute window rolls over.
+    """CREATE TABLE IF NOT EXISTS surge_rate_windows (
+        key_id TEXT PRIMARY KEY REFERENCES surge_api_keys (id), window_start BIGINT NOT NULL,
+        requests BIGINT NOT NULL, tokens BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS surge_daily_usage (
+        key_id TEXT NOT NULL REFERENCES surge_api_keys (id), day TEXT NOT NULL,
+        requests BIGINT NOT NULL, tokens BIGINT NOT NULL, PRIMARY KEY (key_id, day))""",
+)
+_KEY_COLUMNS = "id, name, tier, prefix, created_at, revoked_at"
+
+
+class KeyNameTakenError(ValueError):
+    """An active key already has this name."""
+
+
+class UnknownKeyError(LookupError):
+    """No key has this id."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A stored key as anyone may see it: never the key itself, only a short prefix for display."""
+
+    id: str
+    name: str
+    tier: str
+    prefix: str
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A key's admitted requests and charged tokens on one UTC day."""
+
+    requests: int = 0
+    tokens: int = 0
+
+
+def hash_key(plaintext: str) -> str:
+    """The sha256 hex digest under which a key is stored."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def sqlite_path(dsn: str, root: Path = PROJECT_ROOT) -> str:
+    """The database file of a sqlite:/// DSN; a relative path resolves against `root`."""
+    rest = dsn.removeprefix("sqlite:///")
+    if rest == dsn or not rest:
+        raise ValueError("a SQLite DSN looks like sqlite:///relative/path or sqlite:////absolute/path")
+    if rest == ":memory:":
+        return rest
+    path = Path(rest)
+    return str(path if path.is_absolute() else root / path)
+
+
+async def open_store(dsn: str, *, root: Path = PROJECT_ROOT, pool_size: int = 10) -> KeyStore:
+    """Connect to the database named by `dsn` (sqlite:///... or postgresql://...) and create tables."""
+    store: _SqlKeyStore
+    if dsn.startswith("sqlite:///"):
+        store = await _SqliteKeyStore.connect(sqlite_path(dsn, root))
+    elif dsn.startswith(("postgresql://", "postgres://")):
+        store = await _PostgresKeyStore.connect(dsn, pool_size)
+    else:
+        raise ValueError("key store DSN must start with sqlite:///, postgresql:// or postgres://")
+    try:
+        await store._prepare()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+class KeyStore(ABC):
+    """API keys (stored hashed) and their usage, shared by every ingress replica."""
+
+    @abstractmethod
+    async def create_key(self, name: str, tier: str) -> tuple[ApiKey, str]:
+        """Create a key; returns it and its plaintext, which is shown once and never stored."""
+
+    @abstractmethod
+    async def lookup(self, plaintext: str) -> ApiKey | None:
+        """The active key with this plaintext, or None (unknown or revoked)."""
+
+    @abstractmethod
+    async def list_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+
+    @abstractmethod
+    async def revoke(self, name_or_id: str) -> bool:
+        """Revoke the active key with this id or name; False when there is none."""
+
+    @abstractmethod
+    async def reserve(
+        self, key_id: str, *, now: float, requests: int, tokens: int, tier: TierConfig
+    ) -> Reservation | Rejection:
+        """Atomically check and charge rpm, tpm and the daily token quota, or say which limit binds."""
+
+    @abstractmethod
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        """Replace the reserved tokens with the tokens actually used (refund, or charge an overrun)."""
+
+    @abstractmethod
+    async def usage(self, key_id: str, day: date) -> Usage:
+        """The key's admitted requests and charged tokens on `day` (UTC)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the connection(s)."""
+
+    async def __aenter__(self) -> KeyStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+# Runs one statement (`?` placeholders) inside the open transaction and returns its rows.
+_Sql = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+
+
+class _SqlKeyStore(KeyStore):
+    """The key store in SQL both SQLite and Postgres understand; subclasses supply transactions and locks."""
+
+    _FOR_UPDATE = ""
+    # A statement that serialises schema creation between processes, where a transaction does not.
+    _SCHEMA_LOCK = ""
+
+    @abstractmethod
+    def _transaction(self, write: bool = True) -> AbstractAsyncContextManager[_Sql]:
+        """One transaction; a write transaction holds the write lock its database needs."""
+
+    async def _prepare(self) -> None:
+        """Create the tables if absent."""
+        async with self._transaction() as tx:
+            if self._SCHEMA_LOCK:
+                await tx(self._SCHEMA_LOCK)
+            for statement in _SCHEMA:
+                await tx(statement)
+
+    async def create_key(self, name: str, tier: str) -> tuple[ApiKey, str]:
+        if not name.strip() or len(name) > 128:
+            raise ValueError("a key name must be 1 to 128 characters")
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        prefix = plaintext[: len(KEY_PREFIX) + _DISPLAY_CHARS]
+        key = ApiKey("key_" + secrets.token_hex(8), name, tier, prefix, created_at=time.time())
+        async with self._transaction() as tx:
+            rows = await tx(
+                "INSERT INTO surge_api_keys (id, name, tier, key_hash, prefix, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (name) WHERE revoked_at IS NULL DO NOTHING RETURNING id",
+                key.id, key.name, key.tier, hash_key(plaintext), key.prefix, key.created_at,
+            )  # fmt: skip
+        if not rows:
+            raise KeyNameTakenError(f"an active key is already named {name!r}")
+        return key, plaintext
+
+    async def lookup(self, plaintext: str) -> ApiKey | None:
+        if not plaintext.startswith(KEY_PREFIX):
+            return None
+        async with self._transaction(write=False) as tx:
+            rows = await tx(
+                f"SELECT {_KEY_COLUMNS} FROM surge_api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                hash_key(plaintext),
+            )
+        return ApiKey(*rows[0]) if rows else None
+
+    async def list_keys(self) -> list[ApiKey]:
+        async with self._transaction(write=False) as tx:
+            rows = await tx(f"SELECT {_KEY_COLUMNS} FROM surge_api_keys ORDER BY created_at, id")
+        return [ApiKey(*row) for row in rows]
+
+    async def revoke(self, name_or_id: str) -> bool:
+        async with self._transaction() as tx:
+            sql = "UPDATE surge_api_keys SET revoked_at = ? WHERE revoked_at IS NULL AND (id = ? OR name = ?)"
+            rows = await tx(f"{sql} RETURNING id", time.time(), name_or_id, name_or_id)
+        return bool(rows)
+
+    async def reserve(
+        self, key_id: str, *, now: float, requests: int, tokens: int, tier: TierConfig
+    ) -> Reservation | Rejection:
+        if requests < 0 or tokens < 0:
+            raise ValueError("requests and tokens must be >= 0")
+        minute, day = window_start(now, MINUTE_S), day_of(now)
+        async with self._transaction() as tx:
+            await self._lock_key(tx, key_id)
+            used = await _read_usage(tx, key_id, minute, day)
+            decision = rate_limit_decision(used, now=now, requests=requests, tokens=tokens, tier=tier)
+            if not decision.admit:
+                assert decision.limit is not None
+                return Rejection(key_id, decision.limit, decision.retry_after_s, decision.reason, decision.snapshot)
+            await _charge(tx, key_id, minute, day, used, requests, tokens)
+        return Reservation(key_id, minute, day, requests, tokens, decision.snapshot)
+
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        delta = max(0, actual_tokens) - reservation.tokens
+        if delta == 0:
+            return
+        windows = (("surge_rate_windows", "window_start", reservation.minute_start),
+                   ("surge_daily_usage", "day", reservation.day.isoformat()))  # fmt: skip
+        async with self._transaction() as tx:
+            await self._lock_key(tx, reservation.key_id)
+            # A minute window that has rolled over since the reservation matches no row and is left alone.
+            for table, column, value in windows:
+                sql = f"UPDATE {table} SET tokens = CASE WHEN tokens + ? < 0 THEN 0 ELSE tokens + ? END"
+                await tx(f"{sql} WHERE key_id = ? AND {column} = ?", delta, delta, reservation.key_id, value)
+
+    async def usage(self, key_id: str, day: date) -> Usage:
+        async with self._transaction(write=False) as tx:
+            sql = "SELECT requests, tokens FROM surge_daily_usage WHERE key_id = ? AND day = ?"
+            rows = await tx(sql, key_id, day.isoformat())
+        return Usage(int(rows[0][0]), int(rows[0][1])) if rows else Usage()
+
+    async def _lock_key(self, tx: _Sql, key_id: str) -> None:
+        rows = await tx(f"SELECT id FROM surge_api_keys WHERE id = ?{self._FOR_UPDATE}", key_id)
+        if not rows:
+            raise UnknownKeyError(f"no key with id {key_id!r}")
+
+
+async def _read_usage(tx: _Sql, key_id: str, minute: int, day: date) -> WindowUsage:
+    sql = "SELECT requests, tokens FROM surge_rate_windows WHERE key_id = ? AND window_start = ?"
+    window = await tx(sql, key_id, minute)
+    daily = await tx("SELECT tokens FROM surge_daily_usage WHERE key_id = ? AND day = ?", key_id, day.isoformat())
+    minute_requests, minute_tokens = (int(window[0][0]), int(window[0][1])) if window else (0, 0)
+    return WindowUsage(minute_requests, minute_tokens, int(daily[0][0]) if daily else 0)
+
+
+async def _charge(tx: _Sql, key_id: str, minute: int, day: date, used: WindowUsage, requests: int, tokens: int) -> None:
+    # The caller holds the key's lock, so writing absolute minute counters is safe.
+    await tx(
+        "INSERT INTO surge_rate_windows (key_id, window_start, requests, tokens) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (key_id) DO UPDATE SET window_start = excluded.window_start, requests = excluded.requests,"
+        " tokens = excluded.tokens",
+        key_id, minute, used.minute_requests + requests, used.minute_tokens + tokens,
+    )  # fmt: skip
+    await tx(
+        "INSERT INTO surge_daily_usage (key_id, day, requests, tokens) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (key_id, day) DO UPDATE SET requests = surge_daily_usage.requests + excluded.requests,"
+        " tokens = surge_daily_usage.tokens + excluded.tokens",
+        key_id, day.isoformat(), requests, tokens,
+    )  # fmt: skip
+
+
+class _SqliteKeyStore(_SqlKeyStore):
+    """SQLite in WAL mode; aiosqlite runs every statement on its own thread, off the event loop."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        # One connection carries one transaction at a time; coroutines of this process take turns.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, path: str) -> _SqliteKeyStore:
+        if path != ":memory:":
+            await asyncio.to_thread(Path(path).parent.mkdir, parents=True, exist_ok=True)
+        return cls(await aiosqlite.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None))
+
+    async def _prepare(self) -> None:
+        await self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+        # Switching a new database to WAL takes a lock SQLite does not wait for, so retry.
+        for attempt in itertools.count():
+            try:
+                await self._conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt * _RETRY_S > _BUSY_TIMEOUT_S:
+                    raise
+                await asyncio.sleep(_RETRY_S)
+        await self._conn.execute("PRAGMA synchronous = NORMAL")
+        await self._conn.execute("PRAGMA foreign_keys = ON")
+        await super()._prepare()
+
+    async def _sql(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self._conn.execute(sql, args) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    @asynccontextmanager
+    async def _transaction(self, write: bool = True) -> AsyncIterator[_Sql]:
+        async with self._lock:
+            if not write:  # WAL readers neither wait for nor block the writer
+                yield self._sql
+                return
+            # IMMEDIATE takes the write lock up front, so concurrent processes queue instead of deadlocking.
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                yield self._sql
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                # Statements run in order on aiosqlite's thread even when this task is cancelled, so a
+                # ROLLBACK queued now undoes whatever BEGIN started; "no transaction" errors are harmless.
+                with suppress(sqlite3.OperationalError):
+                    await self._conn.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _numbered(sql: str) -> str:
+    """`?` placeholders as Postgres's `$1, $2, ...`."""
+    parts = sql.split("?")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], start=1)) + parts[-1]
+
+
+async def _postgres_sql(conn: asyncpg.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    return [tuple(record) for record in await conn.fetch(_numbered(sql), *args)]
+
+
+class _PostgresKeyStore(_SqlKeyStore):
+    """PostgreSQL through an asyncpg pool; the key's row lock serialises its reservations."""
+
+    _FOR_UPDATE = " FOR UPDATE"
+    # CREATE ... IF NOT EXISTS races between processes on Postgres; an advisory lock serialises them.
+    _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(1400467559)"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, pool_size: int) -> _PostgresKeyStore:
+        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size))
+
+    @asynccontextmanager
+    async def _transaction(self, write: bool = True) -> AsyncIterator[_Sql]:
+        async with self._pool.acquire() as conn:
+            if not write:
+                yield functools.partial(_postgres_sql, conn)
+                return
+            async with conn.transaction():
+                yield functools.partial(_postgres_sql, conn)
+
+    async def close(self) -> None:
+        await self._pool.close()

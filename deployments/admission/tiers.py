@@ -1,0 +1,146 @@
+"""Inert admission configuration: tiers (limits, priorities, models), the key store, the cache, shedding."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "DEFAULT_KEY_STORE_DSN",
+    "PROJECT_ROOT",
+    "AdmissionConfig",
+    "CacheConfig",
+    "ShedConfig",
+    "TierConfig",
+    "default_tiers",
+]
+
+# The project root is the parent directory of cluster/ (and of deployments/).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_KEY_STORE_DSN = "sqlite:///.cache/surge-keys.db"
+_PRIORITIES = range(1, 6)
+_TIER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TierConfig(_Strict):
+    """What a tier of API keys may do: rate limits, daily quota, max_tokens cap, models, priorities."""
+
+    rpm: int = Field(ge=1)
+    tpm: int = Field(ge=1)
+    daily_token_quota: int = Field(ge=1)
+    max_tokens_cap: int = Field(ge=1)
+    # Model ids or shell-style patterns; ["*"] allows every model.
+    allowed_models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    # Priority 1 is the highest; a request without one gets the default.
+    default_priority: int = Field(ge=1, le=5)
+    # The best (numerically lowest) priority a request of this tier may ask for.
+    max_priority: int = Field(ge=1, le=5)
+
+    @model_validator(mode="after")
+    def _max_not_worse_than_default(self) -> TierConfig:
+        if self.max_priority > self.default_priority:
+            raise ValueError(
+                f"max_priority ({self.max_priority}) must be <= default_priority ({self.default_priority});"
+                " 1 is the highest priority"
+            )
+        return self
+
+
+class CacheConfig(_Strict):
+    """The in-process response cache for deterministic requests."""
+
+    enabled: bool = True
+    ttl_s: float = Field(default=300.0, gt=0)
+    max_entries: int = Field(default=10_000, ge=1)
+
+
+def _default_admit_fraction() -> dict[int, float]:
+    return {1: 1.0, 2: 0.9, 3: 0.75, 4: 0.6, 5: 0.5}
+
+
+class ShedConfig(_Strict):
+    """Priority p is admitted while its pool's queue depth < queue_limit * admit_fraction[p]."""
+
+    queue_limit: int = Field(default=64, ge=1)
+    # Per-pool overrides of queue_limit, by pool name.
+    pool_queue_limits: dict[str, int] = Field(default_factory=dict)
+    admit_fraction: dict[int, float] = Field(default_factory=_default_admit_fraction)
+    # What a shed request is told to wait before retrying.
+    retry_after_s: int = Field(default=1, ge=1)
+
+    @field_validator("pool_queue_limits")
+    @classmethod
+    def _positive_pool_limits(cls, limits: dict[str, int]) -> dict[str, int]:
+        bad = sorted(name for name, limit in limits.items() if limit < 1)
+        if bad:
+            raise ValueError(f"queue limits must be >= 1 (pools {', '.join(bad)})")
+        return limits
+
+    @field_validator("admit_fraction")
+    @classmethod
+    def _fraction_per_priority(cls, fractions: dict[int, float]) -> dict[int, float]:
+        if sorted(fractions) != list(_PRIORITIES):
+            raise ValueError("admit_fraction needs exactly the priorities 1..5 as keys")
+        if any(not 0 < f <= 1 for f in fractions.values()):
+            raise ValueError("admit_fraction values must be in (0, 1]")
+        ordered = [fractions[p] for p in _PRIORITIES]
+        if ordered != sorted(ordered, reverse=True):
+            raise ValueError("admit_fraction must not grow as priority falls (lowest priority sheds first)")
+        return fractions
+
+    def queue_limit_for(self, pool: str | None) -> int:
+        """The queue limit of `pool` (the default when it has no override)."""
+        return self.pool_queue_limits.get(pool, self.queue_limit) if pool else self.queue_limit
+
+
+def default_tiers() -> dict[str, TierConfig]:
+    """The free / pro / enterprise tiers surge ships with."""
+    return {
+        "free": TierConfig(
+            rpm=20, tpm=10_000, daily_token_quota=100_000, max_tokens_cap=256,
+            allowed_models=["*"], default_priority=5, max_priority=4,
+        ),
+        "pro": TierConfig(
+            rpm=600, tpm=200_000, daily_token_quota=5_000_000, max_tokens_cap=2048,
+            allowed_models=["*"], default_priority=3, max_priority=2,
+        ),
+        "enterprise": TierConfig(
+            rpm=6000, tpm=2_000_000, daily_token_quota=100_000_000, max_tokens_cap=4096,
+            allowed_models=["*"], default_priority=2, max_priority=1,
+        ),
+    }  # fmt: skip
+
+
+class AdmissionConfig(_Strict):
+    """Authentication and admission: where keys live, the tiers, the quota warning, cache and shedding."""
+
+    enabled: bool = True
+    # sqlite:///relative/path (resolved against the project root), sqlite:////absolute/path,
+    # or postgresql://user:password@host:port/database.
+    key_store_dsn: str = DEFAULT_KEY_STORE_DSN
+    tiers: dict[str, TierConfig] = Field(default_factory=default_tiers, min_length=1)
+    # Responses carry X-Quota-Warning once this fraction of the daily token quota is used.
+    quota_warning_fraction: float = Field(default=0.8, gt=0, le=1)
+    cache: CacheConfig = CacheConfig()
+    shed: ShedConfig = ShedConfig()
+
+    @field_validator("key_store_dsn")
+    @classmethod
+    def _known_scheme(cls, dsn: str) -> str:
+        if not dsn.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("key_store_dsn must start with sqlite:///, postgresql:// or postgres://")
+        return dsn
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_names(cls, tiers: dict[str, TierConfig]) -> dict[str, TierConfig]:
+        bad = sorted(name for name in tiers if not re.fullmatch(_TIER_NAME_PATTERN, name))
+        if bad:
+            raise ValueError(f"tier names must match {_TIER_NAME_PATTERN} (got {', '.join(bad)})")
+        return tiers
