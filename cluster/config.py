@@ -14,8 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from deployments.admission.tiers import AdmissionConfig
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AdmissionConfig",
+    "BatchConfig",
     "ConfigError",
     "IngressConfig",
     "LocalNodesConfig",
@@ -60,12 +64,24 @@ class ServerConfig(_Strict):
     request_timeout_s: float = Field(300.0, gt=0)
 
 
+class BatchConfig(_Strict):
+    """Micro-batching of non-streamed requests on their way to a pool (one Ray call per batch)."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    max_concurrent_batches: int = Field(64, ge=1)
+
+
 class IngressConfig(_Strict):
     """The HTTP-facing deployment."""
 
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(1000, ge=1)
+    batching: BatchConfig = BatchConfig()
+    # Items accepted by one POST /v1/batch/chat/completions.
+    max_batch_items: int = Field(64, ge=1)
 
 
 class PoolConfig(_Strict):
@@ -173,6 +189,7 @@ class SurgeConfig(BaseSettings):
     ingress: IngressConfig = IngressConfig()
     ray: RayConfig = RayConfig()
     routing: RoutingConfig = RoutingConfig()
+    admission: AdmissionConfig = AdmissionConfig()
     pools: list[PoolConfig] = Field(min_length=1)
 
     @classmethod

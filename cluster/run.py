@@ -3,24 +3,52 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 
-from cluster.config import ConfigError, SurgeConfig, load_config
+from cluster.config import PROJECT_ROOT, ConfigError, SurgeConfig, load_config
 from cluster.serving import serving
 
 __all__ = ["main"]
 
+# The development key in plain text, for this machine's developer only (the store keeps hashes).
+_DEV_KEY_FILE = Path(os.environ.get("SURGE_DEV_KEY_FILE") or PROJECT_ROOT / ".cache" / "dev-api-key")
 
-def _banner(url: str, config: SurgeConfig) -> str:
+
+def _banner(url: str, config: SurgeConfig, key_line: str) -> str:
     model = config.pools[0].model_id
+    auth = " -H \"Authorization: Bearer $SURGE_API_KEY\"" if key_line else ""
     return (
-        f"\nsurge is serving on {url}/v1  (models: {', '.join(n for p in config.pools for n in p.model_names)})\n"
-        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"\nsurge is serving on {url}/v1  (models: {', '.join(config.route_table())})\n"
+        f"{key_line}"
+        f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
         f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n"
         "Press Ctrl-C to stop.\n"
     )
+
+
+def _dev_key(dsn: str) -> str:
+    """A working development key: the one saved by an earlier run if still valid, else a new one."""
+    from deployments.admission.store import open_store
+
+    async def fetch() -> str:
+        async with await open_store(dsn) as store:
+            if _DEV_KEY_FILE.exists():
+                saved = _DEV_KEY_FILE.read_text().strip()
+                if await store.lookup(saved) is not None:
+                    return saved
+            _, plaintext = await store.create_key(f"dev-{int(time.time())}", "enterprise")
+        _DEV_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        _DEV_KEY_FILE.write_text(plaintext + "\n")
+        _DEV_KEY_FILE.chmod(0o600)
+        return plaintext
+
+    return asyncio.run(fetch())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"surge: {exc}", file=sys.stderr)
         return 2
+    key_line = ""
+    if config.admission.enabled:
+        key_line = f"  export SURGE_API_KEY={_dev_key(config.admission.key_store_dsn)}\n"
     stop = threading.Event()
     with serving(config) as url:
         # Installed after Ray starts: ray.init replaces SIGTERM's handler with one that exits at once.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        print(_banner(url, config), flush=True)
+        print(_banner(url, config, key_line), flush=True)
         stop.wait()
         print("surge: shutting down Serve and Ray ...", flush=True)
     return 0

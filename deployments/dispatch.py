@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from cluster.config import RouteConfig, RoutingConfig
+from cluster.config import BatchConfig, RouteConfig, RoutingConfig
 from deployments.engines.base import GenerationChunk, GenerationRequest
 from deployments.errors import DeadlineExceeded, ServiceUnavailable, SurgeError
 from deployments.failures import as_surge_error
@@ -47,17 +48,30 @@ class Dispatcher:
     """Sends requests to pools chosen by the route client; only pool failures count against a pool."""
 
     def __init__(
-        self, handles: dict[str, DeploymentHandle], routes: RouteClient, routing: RoutingConfig, timeout_s: float
+        self,
+        handles: dict[str, DeploymentHandle],
+        routes: RouteClient,
+        routing: RoutingConfig,
+        timeout_s: float,
+        batching: BatchConfig,
     ) -> None:
         self._handles = handles
         self._routes = routes
         self._routing = routing
         self._timeout_s = timeout_s
         self._rng = random.Random()
+        self._batchers = {pool: _batcher(handle, batching) for pool, handle in handles.items()}
+        self._batching = batching.enabled
 
     async def complete(self, route: RouteConfig, request: GenerationRequest) -> Dispatched:
         """The whole completion; the pool's in-flight slot is released when it returns."""
-        dispatched = await self._attempts(route, lambda pool: self._handles[pool].complete.remote(request))
+
+        def call(pool: str) -> Awaitable[Any]:
+            if self._batching:
+                return self._batchers[pool](request)
+            return cast(Awaitable[Any], self._handles[pool].complete.remote(request))
+
+        dispatched = await self._attempts(route, call)
         self._routes.finished(dispatched.pool, ok=True)
         return dispatched
 
@@ -131,6 +145,27 @@ class Dispatcher:
             self._routes.finished(pool, healthy)
             _cancel(awaitable, cancel, pool)
             raise err from None
+
+
+def _batcher(handle: DeploymentHandle, config: BatchConfig) -> Callable[[GenerationRequest], Awaitable[Any]]:
+    """Groups concurrent non-streamed requests to one pool into a single `complete_batch` call."""
+
+    @serve.batch(
+        max_batch_size=config.max_batch_size,
+        batch_wait_timeout_s=config.batch_wait_timeout_s,
+        max_concurrent_batches=config.max_concurrent_batches,
+    )
+    async def send(requests: list[GenerationRequest]) -> list[GenerationChunk | SurgeError]:
+        results: list[GenerationChunk | SurgeError] = await handle.complete_batch.remote(requests)
+        return results
+
+    async def one(request: GenerationRequest) -> GenerationChunk:
+        result = await send(request)
+        if isinstance(result, SurgeError):
+            raise result
+        return cast(GenerationChunk, result)
+
+    return one
 
 
 def _cancel(awaitable: Any, cancel: Callable[[str], None] | None, pool: str) -> None:

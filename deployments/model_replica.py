@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from deployments.engines.base import (
     SamplingSpec,
     TextPrompt,
 )
-from deployments.errors import BadRequest, ContextLengthExceeded
+from deployments.errors import BadRequest, ContextLengthExceeded, SurgeError
 
 __all__ = ["EngineFactory", "ModelReplica", "vllm_engine"]
 
@@ -29,6 +30,13 @@ def vllm_engine(pool: PoolConfig) -> Engine:
     from deployments.engines.vllm import VllmEngine
 
     return VllmEngine(pool.model_path(), pool.engine_args)
+
+
+def _as_result(result: GenerationChunk | BaseException) -> GenerationChunk | SurgeError:
+    if isinstance(result, GenerationChunk | SurgeError):
+        return result
+    logger.error("request in a batch failed", exc_info=result)
+    return SurgeError("internal server error")
 
 
 def _replica_id() -> str:
@@ -49,6 +57,8 @@ class ModelReplica:
         self._pool = pool
         self._engine = engine_factory(pool)
         self._aborted = 0
+        self._batches = 0
+        self._batched_requests = 0
         self._replica_id = _replica_id()
         await self._warm_up()
         logger.info("replica of pool %s ready (max_model_len=%d)", pool.name, self._engine.max_model_len)
@@ -74,7 +84,9 @@ class ModelReplica:
                 "in the completion). Please reduce the length of the prompt or the completion.",
                 param="messages",
             )
-        return token_ids, replace(request.sampling, max_tokens=wanted or limit - len(token_ids))
+        room = limit - len(token_ids)
+        default = min(room, request.sampling.max_tokens_cap or room)
+        return token_ids, replace(request.sampling, max_tokens=wanted or default)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks; a cancelled caller (client gone) aborts the engine request."""
@@ -101,8 +113,21 @@ class ModelReplica:
         assert last is not None, "the engine ended a request without a final chunk"
         return replace(last, text="".join(pieces), replica_id=self._replica_id)
 
+    async def complete_batch(self, requests: list[GenerationRequest]) -> list[GenerationChunk | SurgeError]:
+        """Several non-streamed requests in one call (the ingress micro-batches them); one item's error
+        is returned in its slot and does not fail the others."""
+        self._batches += 1
+        self._batched_requests += len(requests)
+        results = await asyncio.gather(*(self.complete(r) for r in requests), return_exceptions=True)
+        return [_as_result(r) for r in results]
+
     async def stats(self) -> dict[str, Any]:
-        return {"pool": self._pool.name, "aborted_requests": self._aborted, **asdict(self._engine.stats())}
+        counters = {
+            "aborted_requests": self._aborted,
+            "batches": self._batches,
+            "batched_requests": self._batched_requests,
+        }
+        return {"pool": self._pool.name, **counters, **asdict(self._engine.stats())}
 
     async def check_health(self) -> None:
         """Serve's periodic health check: an engine that died marks the replica unhealthy."""

@@ -99,6 +99,10 @@ class RouteClient:
         result: RoutingDecision = await self._router.decide.remote(route.model, rng_value, dict(self._in_flight))
         return result
 
+    def queue_depth(self, pool: str) -> int:
+        """Requests this ingress replica has in flight on `pool`: its cheap, local view of the queue."""
+        return self._in_flight[pool]
+
     def started(self, pool: str) -> None:
         self._in_flight[pool] += 1
 

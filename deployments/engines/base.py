@@ -48,6 +48,8 @@ class SamplingSpec:
     """Sampling parameters in engine-neutral form; `max_tokens=None` means up to the context limit."""
 
     max_tokens: int | None = None
+    # When max_tokens is unset: generate up to this many (a tier's cap), else up to the context limit.
+    max_tokens_cap: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None

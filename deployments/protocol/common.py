@@ -44,6 +44,8 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # surge extra: 1 (most urgent) .. 5, kept within the caller's tier bounds.
+    priority: int | None = Field(None, ge=1, le=5)
 
     @field_validator("n")
     @classmethod

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from cluster.config import SurgeConfig, load_config
 from cluster.serving import serving
+from deployments.admission import ShedConfig, TierConfig, open_store
 
 
 def free_port() -> int:
@@ -32,14 +35,67 @@ def wait_ready(url: str, timeout_s: float = 240) -> None:
     raise TimeoutError(f"surge at {url} did not become ready in {timeout_s:g} s")
 
 
+# Test tiers beside the shipped ones: a tiny daily quota, a model allow-list, and a low-priority tier.
+TEST_TIERS = {
+    "tiny-quota": TierConfig(
+        rpm=10_000, tpm=10_000_000, daily_token_quota=1_500, max_tokens_cap=64, default_priority=3, max_priority=1
+    ),
+    "fallback-only": TierConfig(
+        rpm=100, tpm=100_000, daily_token_quota=100_000, max_tokens_cap=64, allowed_models=["nothing-*"],
+        default_priority=3, max_priority=3,
+    ),
+    "few-rpm": TierConfig(
+        rpm=3, tpm=100_000, daily_token_quota=100_000, max_tokens_cap=64, default_priority=3, max_priority=3
+    ),
+}
+# Shedding kicks in early on `main`, so a test can fill its queue with a handful of streams; the small
+# `fallback` pool sheds late, so a burst of 200 requests reaches the quota check.
+TEST_SHED = ShedConfig(queue_limit=8, pool_queue_limits={"fallback": 1000})
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Plaintext API keys of the test tenants, by tier."""
+
+    dsn: str
+    by_tier: dict[str, str]
+
+    def __getitem__(self, tier: str) -> str:
+        return self.by_tier[tier]
+
+
 @pytest.fixture(scope="session")
-def surge_config() -> SurgeConfig:
+def api_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    dsn = f"sqlite:///{tmp_path_factory.mktemp('keys') / 'keys.db'}"
+
+    async def create() -> dict[str, str]:
+        async with await open_store(dsn) as store:
+            tiers = ["free", "pro", "enterprise", *TEST_TIERS]
+            return {tier: (await store.create_key(f"test-{tier}", tier))[1] for tier in tiers}
+
+    return Keys(dsn, asyncio.run(create()))
+
+
+@pytest.fixture(scope="session")
+def surge_config(api_keys: Keys) -> SurgeConfig:
     # Own ports, so a developer's `make run` on :8000 and HAProxy's fixed side ports don't collide.
     os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
     os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     config = load_config()
     server = config.server.model_copy(update={"port": free_port()})
-    return config.model_copy(update={"server": server})
+    tiers = {**config.admission.tiers, **TEST_TIERS}
+    admission = config.admission.model_copy(update={"key_store_dsn": api_keys.dsn, "tiers": tiers, "shed": TEST_SHED})
+    # A wide batching window, so concurrent test requests reliably share a batch.
+    batching = config.ingress.batching.model_copy(update={"batch_wait_timeout_s": 0.05})
+    ingress = config.ingress.model_copy(update={"batching": batching})
+    main = config.pools[0]
+    fallback = main.model_copy(
+        update={"name": "fallback", "model": ".cache/models/surge-fallback", "served_model_name": "surge-fallback",
+                "aliases": [], "engine_threads": 1}
+    )
+    return config.model_copy(
+        update={"server": server, "admission": admission, "ingress": ingress, "pools": [main, fallback]}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +103,9 @@ def surge_url(surge_config: SurgeConfig) -> Iterator[str]:
     with serving(surge_config) as url:
         wait_ready(url)
         yield url
+
+
+@pytest.fixture(scope="session")
+def api_key(api_keys: Keys) -> str:
+    """An enterprise key: generous limits, for tests about something else."""
+    return api_keys["enterprise"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -26,8 +27,9 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
 
 
 @pytest.fixture(scope="module")
-def http(surge_url: str) -> httpx.Client:
-    with httpx.Client(base_url=surge_url, timeout=60) as client:
+def http(surge_url: str, api_key: str) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=surge_url, timeout=60, headers=headers) as client:
         yield client
 
 
@@ -97,8 +99,8 @@ def test_token_ids_outside_vocabulary_are_400(http: httpx.Client) -> None:
     assert_openai_error(http.post("/v1/completions", json=body), 400, "prompt")
 
 
-def test_openai_client_raises_typed_errors(surge_url: str) -> None:
-    client = openai.OpenAI(base_url=f"{surge_url}/v1", api_key="unused", max_retries=0)
+def test_openai_client_raises_typed_errors(surge_url: str, api_key: str) -> None:
+    client = openai.OpenAI(base_url=f"{surge_url}/v1", api_key=api_key, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=USER)
     with pytest.raises(openai.BadRequestError):

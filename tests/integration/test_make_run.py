@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -24,31 +26,38 @@ def processes_in_session(sid: int) -> list[str]:
     return [row[2] for row in rows if len(row) == 3 and int(row[0]) == sid and not row[1].startswith("Z")]
 
 
-def test_run_serves_streams_and_stops_cleanly_on_sigterm() -> None:
+def test_run_serves_streams_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {
         **os.environ,
         "SURGE_SERVER__PORT": str(port),
+        "SURGE_ADMISSION__KEY_STORE_DSN": f"sqlite:///{tmp_path / 'keys.db'}",
+        "SURGE_DEV_KEY_FILE": str(tmp_path / "dev-api-key"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=env, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, text=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        key = re.search(r"export SURGE_API_KEY=(\S+)", log.read_text())
+        assert key is not None, log.read_text()
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key.group(1), max_retries=0)
         stream = client.chat.completions.create(
             model="surge-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
         )
         assert any(chunk.choices and chunk.choices[0].finish_reason for chunk in stream)
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
     assert proc.returncode == 0, output
     assert f"surge is serving on {url}/v1" in output and "curl " in output
     with pytest.raises(httpx.ConnectError):

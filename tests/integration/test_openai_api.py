@@ -12,8 +12,8 @@ HELLO = [{"role": "user", "content": "Hello, where is my order?"}]
 
 
 @pytest.fixture(scope="module")
-def client(surge_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{surge_url}/v1", api_key="unused", max_retries=0, timeout=60)
+def client(surge_url: str, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{surge_url}/v1", api_key=api_key, max_retries=0, timeout=60)
 
 
 def test_models_lists_served_model_and_alias(client: openai.OpenAI) -> None:

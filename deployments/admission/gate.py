@@ -1,0 +1,160 @@
+"""The admission path of one ingress replica: who is calling, may they, how urgently, and can we afford it.
+
+The rules are the pure functions in decisions.py; this module holds the state they need (the SQL store, a
+short-lived key cache, the response cache) and turns their decisions into the one error contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from deployments.admission.cache import ResponseCache, cache_key
+from deployments.admission.decisions import (
+    Rejection,
+    Reservation,
+    cap_max_tokens,
+    check_model_allowed,
+    clamp_priority,
+    shed_decision,
+)
+from deployments.admission.store import ApiKey, KeyStore, open_store
+from deployments.admission.tiers import AdmissionConfig, TierConfig
+from deployments.engines.base import ChatPrompt, Prompt, TextPrompt
+from deployments.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
+
+__all__ = ["ANONYMOUS", "AdmissionGate", "Tenant", "prompt_token_bound"]
+
+# A revoked key keeps working on a replica for at most this long; saves a database round trip per request.
+_KEY_CACHE_S = 5.0
+# Chat templates add a few tokens per message (role headers, end-of-turn).
+_TEMPLATE_TOKENS_PER_MESSAGE = 16
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """The caller as admission sees it; `key` is None when admission is off."""
+
+    name: str
+    tier: TierConfig | None
+    key: ApiKey | None = None
+
+
+ANONYMOUS = Tenant("anonymous", None)
+
+
+def prompt_token_bound(prompt: Prompt) -> int:
+    """An upper bound on the prompt's token count without tokenizing: a byte-level BPE token is at least one
+    byte, so reserving this never under-reserves and the quota is never overspent."""
+    if isinstance(prompt, ChatPrompt):
+        text_bytes = sum(len(str(m["content"]).encode()) for m in prompt.messages)
+        return text_bytes + _TEMPLATE_TOKENS_PER_MESSAGE * (len(prompt.messages) + 1)
+    if isinstance(prompt, TextPrompt):
+        return len(prompt.text.encode()) + 1
+    return len(prompt.token_ids)
+
+
+class AdmissionGate:
+    """Authentication, tier rules, shedding, rate limits and quotas, and the response cache."""
+
+    def __init__(self, config: AdmissionConfig) -> None:
+        self._config = config
+        self._store: KeyStore | None = None
+        self._store_lock = asyncio.Lock()
+        self._keys: dict[str, tuple[float, ApiKey | None]] = {}
+        self.cache: ResponseCache[Any] = ResponseCache(config.cache.ttl_s, config.cache.max_entries)
+
+    @property
+    def enabled(self) -> bool:
+        return self._config.enabled
+
+    async def store(self) -> KeyStore:
+        async with self._store_lock:
+            if self._store is None:
+                self._store = await open_store(self._config.key_store_dsn)
+            return self._store
+
+    async def authenticate(self, authorization: str | None) -> Tenant:
+        """401 for a missing, unknown or revoked key; keys are compared by hash and never logged."""
+        if not self.enabled:
+            return ANONYMOUS
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
+        key = await self._lookup(token.strip())
+        if key is None:
+            raise Unauthorized("Incorrect or revoked API key provided.")
+        tier = self._config.tiers.get(key.tier)
+        if tier is None:
+            raise Forbidden(f"The key's tier {key.tier!r} is not configured on this server.", code="unknown_tier")
+        return Tenant(key.id, tier, key)
+
+    async def _lookup(self, plaintext: str) -> ApiKey | None:
+        digest = hashlib.sha256(plaintext.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        key = await (await self.store()).lookup(plaintext)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[digest] = (now + _KEY_CACHE_S, key)
+        return key
+
+    def check_model(self, tenant: Tenant, model: str) -> None:
+        if tenant.tier is not None and not check_model_allowed(model, tenant.tier):
+            raise Forbidden(f"Your tier may not use the model '{model}'.", param="model")
+
+    def priority(self, tenant: Tenant, requested: int | None) -> int:
+        if tenant.tier is None:
+            return requested or 3
+        return clamp_priority(requested, tenant.tier).priority
+
+    def max_tokens(self, tenant: Tenant, requested: int | None) -> int | None:
+        return requested if tenant.tier is None else cap_max_tokens(requested, tenant.tier, None)
+
+    def shed(self, priority: int, pool: str, queue_depth: int) -> None:
+        """503 before any engine work when the pool is too busy for this priority; the lowest go first."""
+        if not self.enabled:
+            return
+        decision = shed_decision(priority, queue_depth, self._config.shed, pool=pool)
+        if not decision.admit:
+            headers = {"Retry-After": str(decision.retry_after_s)}
+            raise ServiceUnavailable(decision.reason, code="overloaded", headers=headers)
+
+    async def reserve(self, tenant: Tenant, tokens: int) -> Reservation | None:
+        """Charge one request and `tokens` against every limit, or raise 429 saying which limit."""
+        if tenant.key is None or tenant.tier is None:
+            return None
+        store = await self.store()
+        result = await store.reserve(tenant.key.id, now=time.time(), requests=1, tokens=tokens, tier=tenant.tier)
+        if isinstance(result, Rejection):
+            code = "insufficient_quota" if result.limit == "daily_tokens" else "rate_limit_exceeded"
+            raise RateLimited(result.reason, code=code, headers=result.headers(self._config.quota_warning_fraction))
+        return result
+
+    async def settle(self, reservation: Reservation | None, actual_tokens: int) -> None:
+        if reservation is not None:
+            await (await self.store()).settle(reservation, actual_tokens)
+
+    def headers(self, reservation: Reservation | None) -> dict[str, str]:
+        return {} if reservation is None else reservation.headers(self._config.quota_warning_fraction)
+
+    def cache_key(self, tenant: Tenant, model_version: str, prompt: Prompt, params: dict[str, Any]) -> str | None:
+        if not self._config.cache.enabled:
+            return None
+        material: str | list[Any]
+        if isinstance(prompt, ChatPrompt):
+            material = prompt.messages
+        elif isinstance(prompt, TextPrompt):
+            material = prompt.text
+        else:
+            material = prompt.token_ids
+        return cache_key(tenant.name, model_version, material, params)
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()

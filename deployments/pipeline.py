@@ -1,0 +1,203 @@
+"""One request's way through the ingress: admit, answer from cache, dispatch, shape, account.
+
+Routes in ingress.py stay thin; the single and the batch endpoints share this pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from cluster.config import RouteConfig
+from deployments.admission.decisions import Reservation
+from deployments.admission.gate import AdmissionGate, Tenant, prompt_token_bound
+from deployments.dispatch import Dispatched, Dispatcher
+from deployments.engines.base import GenerationChunk, GenerationRequest, Prompt
+from deployments.errors import ModelNotFound, SurgeError
+from deployments.failures import as_surge_error
+from deployments.protocol import ResponseShape, sse
+from deployments.protocol.common import SamplingFields
+from deployments.routing.prefix import prefix_key
+from deployments.traffic_router import RouteClient
+
+__all__ = ["RequestPipeline", "Work"]
+
+logger = logging.getLogger("surge.pipeline")
+Kind = Literal["chat", "completion"]
+
+
+@dataclass(frozen=True)
+class Work:
+    """A validated request: its body, the engine prompt and the API it came through."""
+
+    body: SamplingFields
+    prompt: Prompt
+    kind: Kind
+
+    @property
+    def id_prefix(self) -> str:
+        return "chatcmpl" if self.kind == "chat" else "cmpl"
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    route: RouteConfig
+    request: GenerationRequest
+    shape: ResponseShape
+    reservation: Reservation | None
+    cache_key: str | None
+
+
+class RequestPipeline:
+    """Runs admitted work through the router-chosen pool and shapes OpenAI responses."""
+
+    def __init__(self, gate: AdmissionGate, routes: RouteClient, dispatcher: Dispatcher) -> None:
+        self._gate = gate
+        self._routes = routes
+        self._dispatcher = dispatcher
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def respond(self, tenant: Tenant, work: Work) -> JSONResponse | StreamingResponse:
+        """The HTTP response for one request (streamed or not)."""
+        admitted = await self._admit(tenant, work)
+        try:
+            if work.body.stream:
+                return await self._stream(admitted, work.body.include_usage)
+            body, headers = await self._complete(admitted)
+            return JSONResponse(body, headers=headers)
+        except SurgeError as err:
+            self._settle_later(admitted.reservation, 0)
+            err.headers = {**self._gate.headers(admitted.reservation), **err.headers}
+            raise
+
+    async def complete_json(self, tenant: Tenant, work: Work) -> tuple[dict[str, Any], dict[str, str]]:
+        """A non-streamed result as (body, headers), for the batch endpoint."""
+        admitted = await self._admit(tenant, work)
+        try:
+            return await self._complete(admitted)
+        except SurgeError:
+            self._settle_later(admitted.reservation, 0)
+            raise
+
+    async def _admit(self, tenant: Tenant, work: Work) -> _Admitted:
+        body, gate = work.body, self._gate
+        route = self._routes.route(body.model)
+        if route is None:
+            raise ModelNotFound(f"The model '{body.model}' does not exist", param="model")
+        gate.check_model(tenant, body.model)
+        priority = gate.priority(tenant, body.priority)
+        sampling = body.sampling()
+        cap = gate.max_tokens(tenant, sampling.max_tokens)
+        if tenant.tier is not None:
+            sampling = replace(sampling, max_tokens=sampling.max_tokens and cap, max_tokens_cap=cap)
+        primary = max(route.pools, key=lambda pool: route.pools[pool])
+        gate.shed(priority, primary, self._routes.queue_depth(primary))
+        request_id = f"{work.id_prefix}-{uuid.uuid4().hex}"
+        request = GenerationRequest(request_id, work.prompt, sampling, priority, prefix_key(work.prompt))
+        version = f"{route.model}:{sorted(route.pools.items())}:{work.kind}"
+        key = gate.cache_key(tenant, version, work.prompt, asdict(sampling))
+        reservation = await gate.reserve(tenant, prompt_token_bound(work.prompt) + (cap or 0))
+        shape = ResponseShape(work.kind, request_id, body.model, int(time.time()))
+        return _Admitted(route, request, shape, reservation, key)
+
+    async def _complete(self, admitted: _Admitted) -> tuple[dict[str, Any], dict[str, str]]:
+        chunk, headers = self._cached(admitted)
+        if chunk is None:
+            dispatched = await self._dispatcher.complete(admitted.route, admitted.request)
+            chunk, headers = dispatched.chunk, {**headers, **dispatched.headers()}
+            self._remember(admitted, chunk, headers)
+        self._settle_later(admitted.reservation, 0 if headers.get("X-Cache") == "hit" else _used(chunk))
+        return admitted.shape.full(chunk, chunk.text), {**headers, **self._gate.headers(admitted.reservation)}
+
+    async def _stream(self, admitted: _Admitted, include_usage: bool) -> StreamingResponse:
+        chunk, headers = self._cached(admitted)
+        if chunk is not None:
+            self._settle_later(admitted.reservation, 0)
+            events = _replay(chunk, admitted.shape, include_usage)
+        else:
+            dispatched = await self._dispatcher.open_stream(admitted.route, admitted.request)
+            headers = {**headers, **dispatched.headers()}
+
+            def ended(ok: bool | None, last: GenerationChunk, text: str) -> None:
+                self._dispatcher.stream_ended(dispatched, ok)
+                self._settle_later(admitted.reservation, _used(last))
+                if ok:
+                    self._remember(admitted, replace(last, text=text), headers)
+
+            events = _sse_events(dispatched, admitted.shape, include_usage, ended)
+        all_headers = {"Cache-Control": "no-cache", **headers, **self._gate.headers(admitted.reservation)}
+        return StreamingResponse(events, media_type="text/event-stream", headers=all_headers)
+
+    def _cached(self, admitted: _Admitted) -> tuple[GenerationChunk | None, dict[str, str]]:
+        if admitted.cache_key is None:
+            return None, {}
+        hit = self._gate.cache.get(admitted.cache_key)
+        if hit is None:
+            return None, {"X-Cache": "miss"}
+        chunk, headers = hit
+        return chunk, {**headers, "X-Cache": "hit"}
+
+    def _remember(self, admitted: _Admitted, chunk: GenerationChunk, headers: dict[str, str]) -> None:
+        if admitted.cache_key is not None and chunk.finish_reason in {"stop", "length"}:
+            self._gate.cache.put(admitted.cache_key, (chunk, {k: v for k, v in headers.items() if k != "X-Cache"}))
+
+    def _settle_later(self, reservation: Reservation | None, actual_tokens: int) -> None:
+        """Accounting must survive a client that leaves, so it runs as its own task."""
+        if reservation is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._gate.settle(reservation, actual_tokens))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _used(chunk: GenerationChunk) -> int:
+    return chunk.prompt_tokens + chunk.completion_tokens
+
+
+async def _replay(chunk: GenerationChunk, shape: ResponseShape, include_usage: bool) -> AsyncIterator[str]:
+    """A cached completion as a stream: one delta, the finish, usage if asked, [DONE]."""
+    yield sse(shape.delta(chunk.text, None, first=True))
+    yield sse(shape.delta("", chunk.finish_reason))
+    if include_usage:
+        yield sse(shape.usage_chunk(chunk))
+    yield sse("[DONE]")
+
+
+async def _sse_events(
+    dispatched: Dispatched,
+    shape: ResponseShape,
+    include_usage: bool,
+    ended: Callable[[bool | None, GenerationChunk, str], None],
+) -> AsyncIterator[str]:
+    """The SSE body; a failure after the first token ends the stream with an error event."""
+    stream, chunk = dispatched.stream, dispatched.chunk
+    assert stream is not None
+    pieces = [chunk.text]
+    ok: bool | None = None  # a client that leaves says nothing about the pool's health
+    try:
+        yield sse(shape.delta(chunk.text, chunk.finish_reason, first=True))
+        while chunk.finish_reason is None:
+            chunk = await stream.__anext__()
+            pieces.append(chunk.text)
+            yield sse(shape.delta(chunk.text, chunk.finish_reason))
+        if include_usage:
+            yield sse(shape.usage_chunk(chunk))
+        ok = True
+    except (asyncio.CancelledError, GeneratorExit):
+        stream.cancel()  # the client went away: abort the engine request
+        raise
+    except Exception as exc:
+        err = as_surge_error(exc)
+        ok = False
+        logger.warning("stream %s failed after its first token: %s", shape.response_id, err.message)
+        yield sse(err.body())
+    finally:
+        ended(ok, chunk, "".join(pieces))
+    yield sse("[DONE]")
