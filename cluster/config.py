@@ -176,6 +176,9 @@ class RoutingConfig(_Strict):
     backoff_cap_s: float = Field(1.0, ge=0)
     # The ingress routes on a snapshot of the router's table, refreshed this often (no per-request hop).
     snapshot_interval_s: float = Field(0.25, gt=0)
+    # Ask the router deployment on every request instead (one more Ray call per request); kept to measure
+    # the snapshot design against it (benchmarks/overhead.py).
+    decide_per_request: bool = False
 
 
 class SurgeConfig(BaseSettings):

@@ -80,6 +80,7 @@ class RouteClient:
         self._router = router
         self._routes = routes
         self._interval_s = routing.snapshot_interval_s
+        self._per_request = routing.decide_per_request
         self._statuses: dict[str, str] = {}
         self._outcomes: list[tuple[str, bool]] = []
         self._in_flight: Counter[str] = Counter()
@@ -94,7 +95,8 @@ class RouteClient:
         self._ensure_syncing()
         rng_value = self._rng.random()
         candidates = [*route.pools, *([route.fallback] if route.fallback else [])]
-        if all(self._statuses.get(pool, "closed") == "closed" for pool in candidates):
+        closed = all(self._statuses.get(pool, "closed") == "closed" for pool in candidates)
+        if closed and not self._per_request:
             return route_request(route, rng_value, self._in_flight, lambda pool: True)
         result: RoutingDecision = await self._router.decide.remote(route.model, rng_value, dict(self._in_flight))
         return result

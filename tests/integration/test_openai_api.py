@@ -5,6 +5,9 @@ from __future__ import annotations
 import openai
 import pytest
 
+from deployments.admission.gate import prompt_token_bound
+from deployments.engines.base import ChatPrompt
+
 pytestmark = pytest.mark.slow
 
 MODEL = "surge-tiny"
@@ -26,7 +29,7 @@ def test_chat_completion_reports_engine_usage(client: openai.OpenAI) -> None:
     assert reply.object == "chat.completion"
     assert reply.choices[0].message.role == "assistant"
     assert reply.choices[0].finish_reason in {"stop", "length"}
-    assert reply.usage.prompt_tokens > 0
+    assert 0 < reply.usage.prompt_tokens <= prompt_token_bound(ChatPrompt(HELLO))  # quota reservations suffice
     assert 0 < reply.usage.completion_tokens <= 8
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
