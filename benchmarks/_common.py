@@ -17,6 +17,7 @@ import platform
 import socket
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ __all__ = [
     "final_line",
     "format_table",
     "goal_met",
+    "http_client",
     "http_sender",
     "isolate_serve_ports",
     "machine_info",
@@ -44,6 +46,7 @@ __all__ = [
     "post_completion",
     "quiet_logs",
     "run_closed_loop",
+    "run_part",
     "stream_completion",
     "summarize",
     "utc_now",
@@ -219,6 +222,29 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def http_client(connections: int, api_key: str | None = None, timeout_s: float = 120.0) -> httpx.AsyncClient:
+    """A client for `connections` concurrent requests, with `Authorization: Bearer <api_key>` if given."""
+    limits = httpx.Limits(max_connections=connections + 8, max_keepalive_connections=connections + 8)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits, headers=headers)
+
+
+def run_part(benchmark: str, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one part of a benchmark, timed, its failure recorded in the result instead of ending the run."""
+    print(f"[{benchmark}] {name}: starting (loadavg {os.getloadavg()[0]:.2f})", flush=True)
+    record: dict[str, Any] = {"loadavg_1m_before": os.getloadavg()[0], "started_at": utc_now()}
+    started = time.perf_counter()
+    try:
+        record |= run()
+    except Exception as exc:
+        record["error"] = "".join(traceback.format_exception(exc, limit=6))
+        print(f"[{benchmark}] {name} FAILED: {exc!r}", file=sys.stderr, flush=True)
+    record["wall_s"] = time.perf_counter() - started
+    record["loadavg_1m_after"] = os.getloadavg()[0]
+    print(f"[{benchmark}] {name}: done in {record['wall_s']:.0f} s", flush=True)
+    return record
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

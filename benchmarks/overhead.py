@@ -51,7 +51,7 @@ from tests.integration.conftest import free_port, wait_ready
 __all__ = ["FULL", "QUICK", "Plan", "main", "prompts", "server_command"]
 
 NAME = "overhead"
-TARGETS = ("surge", "in_process", "vllm_server")
+TARGETS = ("surge", "surge_router_hop", "in_process", "vllm_server")
 TTFT_GOAL = 1.0
 THROUGHPUT_GOAL = 1.5
 
@@ -316,9 +316,9 @@ def _metric(targets: dict[str, Any], target: str, level: str, key: str) -> float
     return float(value) if value is not None else float("nan")
 
 
-def _ratio(targets: dict[str, Any], level: str, key: str, baseline: str) -> float:
+def _ratio(targets: dict[str, Any], level: str, key: str, baseline: str, target: str = "surge") -> float:
     base = _metric(targets, baseline, level, key)
-    return _metric(targets, "surge", level, key) / base if base else float("nan")
+    return _metric(targets, target, level, key) / base if base else float("nan")
 
 
 def _ratios(targets: dict[str, Any]) -> dict[str, Any]:
@@ -331,6 +331,9 @@ def _ratios(targets: dict[str, Any]) -> dict[str, Any]:
                                                "met": goal_met(tok_s, ">=", THROUGHPUT_GOAL)},
         "ttft_p50_c16_surge_over_in_process": _ratio(targets, "c16", "ttft_p50_s", "in_process"),
         "output_tok_s_c64_surge_over_in_process": _ratio(targets, "c64", "output_tok_s", "in_process"),
+        # The routing design: a per-request router hop over routing on the ingress's snapshot.
+        "ttft_p50_c1_router_hop_over_snapshot": _ratio(targets, "c1", "ttft_p50_s", "surge", "surge_router_hop"),
+        "ttft_p50_c16_router_hop_over_snapshot": _ratio(targets, "c16", "ttft_p50_s", "surge", "surge_router_hop"),
     }  # fmt: skip
 
 
@@ -342,7 +345,7 @@ def _table(targets: dict[str, Any]) -> str:
     headers = ["target", "conc", "reqs", "err", "ttft p50 ms", "ttft p99 ms", "e2e p50 ms", "e2e p99 ms",
                "req/s", "out tok/s", "other cores"]  # fmt: skip
     rows: list[list[Any]] = []
-    for name in TARGETS:
+    for name in (t for t in TARGETS if t in targets):
         for level in targets[name].get("levels", {}).values():
             rows.append([
                 name, level["concurrency"], level["requests"], level["errors"],
@@ -355,18 +358,31 @@ def _table(targets: dict[str, Any]) -> str:
     return format_table(headers, rows)
 
 
-def _run_all(plan: Plan, config: SurgeConfig) -> dict[str, Any]:
+def _with_router_hop(config: SurgeConfig) -> SurgeConfig:
+    """The rejected design, kept measurable: ask the traffic-router deployment on every request."""
+    routing = config.routing.model_copy(update={"decide_per_request": True})
+    server = config.server.model_copy(update={"port": free_port()})
+    return config.model_copy(update={"routing": routing, "server": server})
+
+
+def _run_all(plan: Plan, config: SurgeConfig, router_hop: bool) -> dict[str, Any]:
     pool = config.pools[0]
-    return {
-        "surge": _run_target("surge", lambda: _run_surge(plan, config)),
-        "in_process": _run_target("in_process", lambda: _run_in_process(plan, pool)),
-        "vllm_server": _run_target("vllm_server", lambda: _run_vllm_server(plan, pool)),
-    }
+    targets = {"surge": _run_target("surge", lambda: _run_surge(plan, config))}
+    if router_hop:
+        hop = _with_router_hop(config)
+        targets["surge_router_hop"] = _run_target("surge_router_hop", lambda: _run_surge(plan, hop))
+    targets["in_process"] = _run_target("in_process", lambda: _run_in_process(plan, pool))
+    targets["vllm_server"] = _run_target("vllm_server", lambda: _run_vllm_server(plan, pool))
+    return targets
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small load, under 3 minutes in total")
+    parser.add_argument(
+        "--router-hop", action=argparse.BooleanOptionalAction, default=None,
+        help="also measure surge asking the router deployment per request (default: full mode only)",
+    )
     args = parser.parse_args(argv)
     quiet_logs()
     plan = QUICK if args.quick else FULL
@@ -374,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     pool = config.pools[0]
     started_at, started = utc_now(), time.perf_counter()
     machine = machine_info()
-    targets = _run_all(plan, config)
+    router_hop = not args.quick if args.router_hop is None else args.router_hop
+    targets = _run_all(plan, config, router_hop)
     ratios = _ratios(targets)
     data = {
         "benchmark": NAME, "mode": "quick" if args.quick else "full",

@@ -3,6 +3,7 @@ workers, prefix affinity, replica and node loss, circuit breaker and fallback po
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -18,6 +19,7 @@ from ray._private import state as ray_state
 from cluster.config import PROJECT_ROOT, load_config
 from cluster.local import LocalCluster
 from cluster.serving import serving_cluster
+from deployments.admission import open_store
 from tests.integration.conftest import free_port, wait_ready
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -26,15 +28,28 @@ TP2 = "surge-tiny-tp2"
 SYSTEM = "You are the returns desk of Surge Shoes. Be brief. " * 4
 
 
+def enterprise_key(dsn: str) -> str:
+    async def create() -> str:
+        async with await open_store(dsn) as store:
+            return (await store.create_key("multinode", "enterprise"))[1]
+
+    return asyncio.run(create())
+
+
 @pytest.fixture(scope="module")
-def multinode() -> Iterator[tuple[httpx.Client, LocalCluster]]:
+def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, LocalCluster]]:
     os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
     os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    dsn = f"sqlite:///{tmp_path_factory.mktemp('keys') / 'keys.db'}"
     config = load_config(PROJECT_ROOT / "configs" / "multinode.yaml")
-    config = config.model_copy(update={"server": config.server.model_copy(update={"port": free_port()})})
+    config = config.model_copy(update={
+        "server": config.server.model_copy(update={"port": free_port()}),
+        "admission": config.admission.model_copy(update={"key_store_dsn": dsn}),
+    })  # fmt: skip
+    headers = {"Authorization": f"Bearer {enterprise_key(dsn)}"}
     with serving_cluster(config) as (url, cluster):
         wait_ready(url, timeout_s=420)
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
             yield client, cluster
 
 
