@@ -45,8 +45,10 @@ def test_run_serves_streams_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
-        key = re.search(r"export SURGE_API_KEY=(\S+)", log.read_text())
-        assert key is not None, log.read_text()
+        deadline = time.monotonic() + 30  # the banner follows readiness by a moment
+        while (key := re.search(r"export SURGE_API_KEY=(\S+)", log.read_text())) is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=key.group(1), max_retries=0)
         stream = client.chat.completions.create(
             model="surge-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
