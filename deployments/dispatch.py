@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from cluster.config import BatchConfig, RouteConfig, RoutingConfig
-from deployments.engines.base import GenerationChunk, GenerationRequest
+from deployments.engines.base import GenerationBatch, GenerationChunk, GenerationRequest
 from deployments.errors import DeadlineExceeded, ServiceUnavailable, SurgeError
 from deployments.failures import as_surge_error
 from deployments.routing import RoutingDecision, backoff_delay_s, may_retry
@@ -156,7 +156,7 @@ def _batcher(handle: DeploymentHandle, config: BatchConfig) -> Callable[[Generat
         max_concurrent_batches=config.max_concurrent_batches,
     )
     async def send(requests: list[GenerationRequest]) -> list[GenerationChunk | SurgeError]:
-        results: list[GenerationChunk | SurgeError] = await handle.complete_batch.remote(requests)
+        results: list[GenerationChunk | SurgeError] = await handle.complete_batch.remote(GenerationBatch(requests))
         return results
 
     async def one(request: GenerationRequest) -> GenerationChunk:

@@ -12,6 +12,7 @@ from typing import Any
 from cluster.config import PoolConfig
 from deployments.engines.base import (
     Engine,
+    GenerationBatch,
     GenerationChunk,
     GenerationRequest,
     SamplingSpec,
@@ -113,12 +114,12 @@ class ModelReplica:
         assert last is not None, "the engine ended a request without a final chunk"
         return replace(last, text="".join(pieces), replica_id=self._replica_id)
 
-    async def complete_batch(self, requests: list[GenerationRequest]) -> list[GenerationChunk | SurgeError]:
+    async def complete_batch(self, batch: GenerationBatch) -> list[GenerationChunk | SurgeError]:
         """Several non-streamed requests in one call (the ingress micro-batches them); one item's error
         is returned in its slot and does not fail the others."""
         self._batches += 1
-        self._batched_requests += len(requests)
-        results = await asyncio.gather(*(self.complete(r) for r in requests), return_exceptions=True)
+        self._batched_requests += len(batch.requests)
+        results = await asyncio.gather(*(self.complete(r) for r in batch.requests), return_exceptions=True)
         return [_as_result(r) for r in results]
 
     async def stats(self) -> dict[str, Any]:

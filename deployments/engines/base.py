@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,6 +13,7 @@ __all__ = [
     "Engine",
     "EngineStats",
     "FinishReason",
+    "GenerationBatch",
     "GenerationChunk",
     "GenerationRequest",
     "Prompt",
@@ -71,6 +73,18 @@ class GenerationRequest:
     priority: int = 3
     # Hash of the prompt's prefix, read by the request router for prefix-cache affinity.
     routing_key: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationBatch:
+    """Several requests in one call; the batch goes where most of its requests' prefixes are cached."""
+
+    requests: list[GenerationRequest]
+
+    @property
+    def routing_key(self) -> str | None:
+        keys = Counter(r.routing_key for r in self.requests if r.routing_key)
+        return keys.most_common(1)[0][0] if keys else None
 
 
 @dataclass(frozen=True)

@@ -28,3 +28,13 @@ def test_text_prompts_share_a_key_when_their_leading_block_matches() -> None:
 
 def test_token_prompts_key_on_the_first_block() -> None:
     assert prefix_key(TokenPrompt([1] * 128 + [2])) == prefix_key(TokenPrompt([1] * 128 + [3]))
+
+
+def test_a_batch_routes_by_its_most_common_prefix() -> None:
+    from deployments.engines.base import GenerationBatch, GenerationRequest
+
+    def request(key: str | None) -> GenerationRequest:
+        return GenerationRequest("r", TextPrompt("x"), routing_key=key)
+
+    assert GenerationBatch([request("a"), request("b"), request("b"), request(None)]).routing_key == "b"
+    assert GenerationBatch([request(None)]).routing_key is None
