@@ -46,7 +46,7 @@ from benchmarks._common import (
 )
 from cluster.config import PoolConfig, SurgeConfig, load_config
 from cluster.env import engine_env
-from tests.integration.conftest import free_port, wait_ready
+from cluster.serving import free_port, isolate_serve_ports, wait_ready
 
 __all__ = ["FULL", "QUICK", "Plan", "main", "prompts", "server_command"]
 
@@ -119,18 +119,6 @@ async def _measure_http(url: str, plan: Plan, model: str) -> dict[str, Any]:
 
 
 
-def _isolate_serve_ports() -> None:
-    # HAProxy's stats/metrics ports and Serve's fallback proxy are fixed by default; another surge
-    # running on this machine (make run, tests) would collide with them.
-    for key in (
-        "RAY_SERVE_HAPROXY_STATS_PORT",
-        "RAY_SERVE_HAPROXY_METRICS_PORT",
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
-    ):
-        os.environ.setdefault(key, str(free_port()))
-
-
 def _surge_config() -> SurgeConfig:
     """configs/local.yaml on a free port, admission off: this measures the serving path. The response
     cache would answer the repeated temperature-0 prompts itself, and keys, quotas and shedding have
@@ -145,7 +133,7 @@ def _surge_config() -> SurgeConfig:
 def _run_surge(plan: Plan, config: SurgeConfig) -> dict[str, Any]:
     from cluster.serving import serving
 
-    _isolate_serve_ports()
+    isolate_serve_ports()
     start = time.perf_counter()
     with serving(config) as url:
         wait_ready(url, timeout_s=plan.startup_timeout_s)

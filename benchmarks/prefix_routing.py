@@ -45,7 +45,7 @@ from benchmarks._common import (
 )
 from cluster.config import PROJECT_ROOT, PoolConfig, SurgeConfig, load_config
 from cluster.env import engine_env
-from tests.integration.conftest import free_port, wait_ready
+from cluster.serving import free_port, wait_ready
 
 __all__ = ["FULL", "QUICK", "Plan", "Workload", "kv_sizing", "main", "system_prompts", "user_requests"]
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -10,13 +13,47 @@ from typing import Any
 from cluster.config import SurgeConfig
 from cluster.env import apply_process_env, ray_env
 
-__all__ = ["base_url", "serving", "serving_cluster"]
+__all__ = ["base_url", "free_port", "isolate_serve_ports", "serving", "serving_cluster", "wait_ready"]
 
 logger = logging.getLogger("surge.serving")
 
 
 def base_url(config: SurgeConfig) -> str:
     return f"http://{config.server.host}:{config.server.port}"
+
+
+def free_port() -> int:
+    """A port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def isolate_serve_ports() -> None:
+    """Free ports for HAProxy's stats/metrics listeners and Serve's fallback proxy, whose fixed defaults
+    would collide with another surge on this machine (make run, tests, benchmarks); call before Ray starts."""
+    for key in (
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_HAPROXY_METRICS_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+    ):
+        os.environ.setdefault(key, str(free_port()))
+
+
+def wait_ready(url: str, timeout_s: float = 240) -> None:
+    """Block until `GET {url}/readyz` answers 200 (every pool's engine loaded and answering)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"surge at {url} did not become ready in {timeout_s:g} s")
 
 
 def _start_ray(config: SurgeConfig, stack: ExitStack) -> Any:

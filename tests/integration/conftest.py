@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 
 from cluster.config import SurgeConfig, load_config
-from cluster.serving import serving
+from cluster.serving import free_port, isolate_serve_ports, serving, wait_ready
 from deployments.admission import ShedConfig, TierConfig, open_store
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"surge at {url} did not become ready in {timeout_s:g} s")
-
 
 # Test tiers beside the shipped ones: a tiny daily quota, a model allow-list, and a low-priority tier.
 TEST_TIERS = {
@@ -79,8 +56,7 @@ def api_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 @pytest.fixture(scope="session")
 def surge_config(api_keys: Keys) -> SurgeConfig:
     # Own ports, so a developer's `make run` on :8000 and HAProxy's fixed side ports don't collide.
-    os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
-    os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+    isolate_serve_ports()
     config = load_config()
     server = config.server.model_copy(update={"port": free_port()})
     tiers = {**config.admission.tiers, **TEST_TIERS}

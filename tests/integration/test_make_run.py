@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from cluster.config import PROJECT_ROOT
-from tests.integration.conftest import free_port, wait_ready
+from cluster.serving import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ workers, prefix affinity, replica and node loss, circuit breaker and fallback po
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,9 +17,8 @@ from ray._private import state as ray_state
 
 from cluster.config import PROJECT_ROOT, load_config
 from cluster.local import LocalCluster
-from cluster.serving import serving_cluster
+from cluster.serving import free_port, isolate_serve_ports, serving_cluster, wait_ready
 from deployments.admission import open_store
-from tests.integration.conftest import free_port, wait_ready
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -38,8 +36,7 @@ def enterprise_key(dsn: str) -> str:
 
 @pytest.fixture(scope="module")
 def multinode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, LocalCluster]]:
-    os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
-    os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+    isolate_serve_ports()
     dsn = f"sqlite:///{tmp_path_factory.mktemp('keys') / 'keys.db'}"
     config = load_config(PROJECT_ROOT / "configs" / "multinode.yaml")
     config = config.model_copy(update={
