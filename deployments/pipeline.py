@@ -49,6 +49,7 @@ class Work:
 @dataclass(frozen=True)
 class _Admitted:
     route: RouteConfig
+    primary: str  # the pool whose admitted-request count this request holds until it ends
     request: GenerationRequest
     shape: ResponseShape
     reservation: Reservation | None
@@ -71,10 +72,13 @@ class RequestPipeline:
             if work.body.stream:
                 return await self._stream(admitted, work.body.include_usage)
             body, headers = await self._complete(admitted)
+            self._routes.release(admitted.primary)
             return JSONResponse(body, headers=headers)
-        except SurgeError as err:
-            self._settle_later(admitted.reservation, 0)
-            err.headers = {**self._gate.headers(admitted.reservation), **err.headers}
+        except BaseException as exc:
+            self._routes.release(admitted.primary)
+            if isinstance(exc, SurgeError):
+                self._settle_later(admitted.reservation, 0)
+                exc.headers = {**self._gate.headers(admitted.reservation), **exc.headers}
             raise
 
     async def complete_json(self, tenant: Tenant, work: Work) -> tuple[dict[str, Any], dict[str, str]]:
@@ -85,6 +89,8 @@ class RequestPipeline:
         except SurgeError:
             self._settle_later(admitted.reservation, 0)
             raise
+        finally:
+            self._routes.release(admitted.primary)
 
     async def _admit(self, tenant: Tenant, work: Work) -> _Admitted:
         body, gate = work.body, self._gate
@@ -99,13 +105,19 @@ class RequestPipeline:
             sampling = replace(sampling, max_tokens=sampling.max_tokens and cap, max_tokens_cap=cap)
         primary = max(route.pools, key=lambda pool: route.pools[pool])
         gate.shed(priority, primary, self._routes.queue_depth(primary))
+        # Counted from here, not from dispatch: a burst must see itself while it awaits the quota store.
+        self._routes.hold(primary)
+        try:
+            reservation = await gate.reserve(tenant, prompt_token_bound(work.prompt) + (cap or 0))
+        except BaseException:
+            self._routes.release(primary)
+            raise
         request_id = f"{work.id_prefix}-{uuid.uuid4().hex}"
         request = GenerationRequest(request_id, work.prompt, sampling, priority, prefix_key(work.prompt))
         version = f"{route.model}:{sorted(route.pools.items())}:{work.kind}"
         key = gate.cache_key(tenant, version, work.prompt, asdict(sampling))
-        reservation = await gate.reserve(tenant, prompt_token_bound(work.prompt) + (cap or 0))
         shape = ResponseShape(work.kind, request_id, body.model, int(time.time()))
-        return _Admitted(route, request, shape, reservation, key)
+        return _Admitted(route, primary, request, shape, reservation, key)
 
     async def _complete(self, admitted: _Admitted) -> tuple[dict[str, Any], dict[str, str]]:
         chunk, headers = self._cached(admitted)
@@ -120,6 +132,7 @@ class RequestPipeline:
         chunk, headers = self._cached(admitted)
         if chunk is not None:
             self._settle_later(admitted.reservation, 0)
+            self._routes.release(admitted.primary)
             events = _replay(chunk, admitted.shape, include_usage)
         else:
             dispatched = await self._dispatcher.open_stream(admitted.route, admitted.request)
@@ -127,6 +140,7 @@ class RequestPipeline:
 
             def ended(ok: bool | None, last: GenerationChunk, text: str) -> None:
                 self._dispatcher.stream_ended(dispatched, ok)
+                self._routes.release(admitted.primary)
                 self._settle_later(admitted.reservation, _used(last))
                 if ok:
                     self._remember(admitted, replace(last, text=text), headers)

@@ -84,6 +84,7 @@ class RouteClient:
         self._statuses: dict[str, str] = {}
         self._outcomes: list[tuple[str, bool]] = []
         self._in_flight: Counter[str] = Counter()
+        self._held: Counter[str] = Counter()
         self._failed = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
@@ -102,8 +103,15 @@ class RouteClient:
         return result
 
     def queue_depth(self, pool: str) -> int:
-        """Requests this ingress replica has in flight on `pool`: its cheap, local view of the queue."""
-        return self._in_flight[pool]
+        """Requests this ingress replica has admitted for `pool` and not finished: its cheap, local view of
+        the pool's queue (shedding reads it)."""
+        return self._held[pool]
+
+    def hold(self, pool: str) -> None:
+        self._held[pool] += 1
+
+    def release(self, pool: str) -> None:
+        self._held[pool] -= 1
 
     def started(self, pool: str) -> None:
         self._in_flight[pool] += 1
@@ -133,4 +141,4 @@ class RouteClient:
                 await asyncio.wait_for(self._failed.wait(), timeout=self._interval_s)
 
     def debug_state(self) -> dict[str, Any]:
-        return {"breakers": dict(self._statuses), "in_flight": dict(self._in_flight)}
+        return {"breakers": dict(self._statuses), "in_flight": dict(self._in_flight), "admitted": dict(self._held)}

@@ -179,14 +179,14 @@ def test_batch_endpoint_answers_every_item_in_order(http: httpx.Client, api_keys
 
 def test_concurrent_non_streamed_requests_are_micro_batched(http: httpx.Client, surge_url: str, api_key: str) -> None:
     def pool_counters() -> tuple[int, int]:
-        main = http.get("/readyz").json()["pools"]["main"]
-        return main["batches"], main["batched_requests"]
+        pool = http.get("/readyz").json()["pools"]["fallback"]  # the pool that sheds late
+        return pool["batches"], pool["batched_requests"]
 
     batches_before, requests_before = pool_counters()
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=surge_url, timeout=120, headers=auth(api_key)) as client:
-            body = {"model": MODEL, "messages": USER, "max_tokens": 2, "temperature": 0.7}
+            body = {"model": "surge-fallback", "messages": USER, "max_tokens": 2, "temperature": 0.7}
             return [r.status_code for r in await asyncio.gather(
                 *(client.post("/v1/chat/completions", json=body) for _ in range(12)))]
 
@@ -194,3 +194,16 @@ def test_concurrent_non_streamed_requests_are_micro_batched(http: httpx.Client, 
     batches, requests = pool_counters()
     assert requests - requests_before == 12
     assert batches - batches_before < 12
+
+
+def test_a_burst_on_an_idle_pool_is_shed_beyond_its_limit(surge_url: str, api_key: str) -> None:
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=surge_url, timeout=120, headers=auth(api_key)) as client:
+            body = {"model": MODEL, "messages": USER, "max_tokens": 4, "priority": 5, "temperature": 0.7}
+            responses = await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(40)))
+            return [r.status_code for r in responses]
+
+    statuses = asyncio.run(burst())
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) >= 4  # priority 5 is admitted while fewer than 4 are in flight
+    assert statuses.count(503) > 0
