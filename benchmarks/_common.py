@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import platform
-import socket
 import sys
 import time
 import traceback
@@ -43,7 +42,6 @@ __all__ = [
     "goal_met",
     "http_client",
     "http_sender",
-    "isolate_serve_ports",
     "machine_info",
     "percentile",
     "post_completion",
@@ -207,24 +205,6 @@ def http_sender(
         return await post(client, url, payloads[i % len(payloads)])
 
     return send
-
-
-def isolate_serve_ports() -> None:
-    """Give HAProxy's stats/metrics listeners and Serve's fallback proxy free ports; their fixed defaults
-    would collide with another surge running on this machine (make run, tests, another benchmark)."""
-    for key in (
-        "RAY_SERVE_HAPROXY_STATS_PORT",
-        "RAY_SERVE_HAPROXY_METRICS_PORT",
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
-    ):
-        os.environ.setdefault(key, str(_free_port()))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_client(connections: int, api_key: str | None = None, timeout_s: float = 120.0) -> httpx.AsyncClient:

@@ -21,7 +21,6 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -40,6 +39,7 @@ from benchmarks._common import (
     machine_info,
     quiet_logs,
     run_closed_loop,
+    run_part,
     summarize,
     utc_now,
     write_results,
@@ -283,22 +283,6 @@ def _run_vllm_server(plan: Plan, pool: PoolConfig) -> dict[str, Any]:
 
 
 
-def _run_target(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """One target, its failure recorded instead of ending the benchmark."""
-    print(f"[{NAME}] {name}: starting (loadavg {os.getloadavg()[0]:.2f})", flush=True)
-    record: dict[str, Any] = {"loadavg_1m_before": os.getloadavg()[0], "started_at": utc_now()}
-    started = time.perf_counter()
-    try:
-        record |= run()
-    except Exception as exc:
-        record["error"] = "".join(traceback.format_exception(exc, limit=6))
-        print(f"[{NAME}] {name} FAILED: {exc!r}", file=sys.stderr, flush=True)
-    record["wall_s"] = time.perf_counter() - started
-    record["loadavg_1m_after"] = os.getloadavg()[0]
-    print(f"[{NAME}] {name}: done in {record['wall_s']:.0f} s", flush=True)
-    return record
-
-
 def _metric(targets: dict[str, Any], target: str, level: str, key: str) -> float:
     value = targets.get(target, {}).get("levels", {}).get(level, {}).get(key)
     return float(value) if value is not None else float("nan")
@@ -355,12 +339,12 @@ def _with_router_hop(config: SurgeConfig) -> SurgeConfig:
 
 def _run_all(plan: Plan, config: SurgeConfig, router_hop: bool) -> dict[str, Any]:
     pool = config.pools[0]
-    targets = {"surge": _run_target("surge", lambda: _run_surge(plan, config))}
+    targets = {"surge": run_part(NAME, "surge", lambda: _run_surge(plan, config))}
     if router_hop:
         hop = _with_router_hop(config)
-        targets["surge_router_hop"] = _run_target("surge_router_hop", lambda: _run_surge(plan, hop))
-    targets["in_process"] = _run_target("in_process", lambda: _run_in_process(plan, pool))
-    targets["vllm_server"] = _run_target("vllm_server", lambda: _run_vllm_server(plan, pool))
+        targets["surge_router_hop"] = run_part(NAME, "surge_router_hop", lambda: _run_surge(plan, hop))
+    targets["in_process"] = run_part(NAME, "in_process", lambda: _run_in_process(plan, pool))
+    targets["vllm_server"] = run_part(NAME, "vllm_server", lambda: _run_vllm_server(plan, pool))
     return targets
 
 

@@ -33,7 +33,6 @@ from benchmarks._common import (
     format_table,
     goal_met,
     http_sender,
-    isolate_serve_ports,
     machine_info,
     percentile,
     quiet_logs,
@@ -45,7 +44,7 @@ from benchmarks._common import (
 )
 from cluster.config import PROJECT_ROOT, PoolConfig, SurgeConfig, load_config
 from cluster.env import engine_env
-from cluster.serving import free_port, wait_ready
+from cluster.serving import free_port, isolate_serve_ports, wait_ready
 
 __all__ = ["FULL", "QUICK", "Plan", "Workload", "kv_sizing", "main", "system_prompts", "user_requests"]
 
