@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -207,3 +208,17 @@ def test_a_burst_on_an_idle_pool_is_shed_beyond_its_limit(surge_url: str, api_ke
     assert set(statuses) <= {200, 503}
     assert statuses.count(200) >= 4  # priority 5 is admitted while fewer than 4 are in flight
     assert statuses.count(503) > 0
+
+
+def test_api_keys_never_appear_in_logs(http: httpx.Client, api_keys: Keys) -> None:
+    import ray
+
+    for tier in ("pro", "free"):
+        chat(http, api_keys[tier])
+    chat(http, "sk-surge-wrong-key-for-the-logs")
+    session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
+    secrets = [api_keys["pro"], api_keys["free"], "sk-surge-wrong-key-for-the-logs"]
+    for log in (session_dir / "logs").rglob("*"):
+        if log.is_file():
+            text = log.read_text(errors="ignore")
+            assert not any(secret in text for secret in secrets), f"an API key leaked into {log}"
