@@ -145,7 +145,7 @@ class RequestPipeline:
                 if ok:
                     self._remember(admitted, replace(last, text=text), headers)
 
-            events = _sse_events(dispatched, admitted.shape, include_usage, ended)
+            events = await _started(_sse_events(dispatched, admitted.shape, include_usage, ended))
         all_headers = {"Cache-Control": "no-cache", **headers, **self._gate.headers(admitted.reservation)}
         return StreamingResponse(events, media_type="text/event-stream", headers=all_headers)
 
@@ -173,6 +173,19 @@ class RequestPipeline:
 
 def _used(chunk: GenerationChunk) -> int:
     return chunk.prompt_tokens + chunk.completion_tokens
+
+
+async def _started(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Run the body to its first event now: a started generator is always finalized (asyncio closes it when
+    it is dropped), so a client gone before the body starts still aborts the engine and releases its counts."""
+    first = await anext(events)
+
+    async def body() -> AsyncIterator[str]:
+        yield first
+        async for event in events:
+            yield event
+
+    return body()
 
 
 async def _replay(chunk: GenerationChunk, shape: ResponseShape, include_usage: bool) -> AsyncIterator[str]:
