@@ -148,3 +148,9 @@ def test_table_aligns_columns_and_shows_missing_values_as_dash() -> None:
     assert len({len(line) for line in lines}) == 1
     assert lines[2].endswith("12.35")
     assert lines[3].endswith("-")
+
+
+def test_format_table_without_rows_shows_the_headers() -> None:
+    from benchmarks._common import format_table
+
+    assert format_table(["a", "bb"], []).splitlines()[0].split() == ["a", "bb"]
