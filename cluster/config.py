@@ -155,6 +155,11 @@ class RouteConfig(_Strict):
     # Spill to the fallback once this many requests wait on the primary pool (0: only when it fails).
     queue_threshold: int = Field(0, ge=0)
 
+    @property
+    def primary(self) -> str:
+        """The pool with the largest weight: the model's main version (shedding and /v1/models read it)."""
+        return max(self.pools, key=lambda pool: self.pools[pool])
+
     @field_validator("pools")
     @classmethod
     def _positive_weights(cls, pools: dict[str, float]) -> dict[str, float]:

@@ -64,7 +64,7 @@ class Ingress:
         self._pipeline = RequestPipeline(self._gate, routes, dispatcher)
         self._routes = routes
         self._model_roots = {
-            model: config.pool(next(iter(route.pools))).model_id for model, route in config.route_table().items()
+            model: config.pool(route.primary).model_id for model, route in config.route_table().items()
         }
         self._created = int(time.time())
 

@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -67,30 +67,34 @@ class RequestPipeline:
 
     async def respond(self, tenant: Tenant, work: Work) -> JSONResponse | StreamingResponse:
         """The HTTP response for one request (streamed or not)."""
+        if not work.body.stream:
+            body, headers = await self.complete_json(tenant, work)
+            return JSONResponse(body, headers=headers)
         admitted = await self._admit(tenant, work)
         try:
-            if work.body.stream:
-                return await self._stream(admitted, work.body.include_usage)
-            body, headers = await self._complete(admitted)
-            self._routes.release(admitted.primary)
-            return JSONResponse(body, headers=headers)
+            # A stream releases its admission count when it ends (see _stream).
+            return await self._stream(admitted, work.body.include_usage)
         except BaseException as exc:
             self._routes.release(admitted.primary)
-            if isinstance(exc, SurgeError):
-                self._settle_later(admitted.reservation, 0)
-                exc.headers = {**self._gate.headers(admitted.reservation), **exc.headers}
+            self._failed(admitted, exc)
             raise
 
     async def complete_json(self, tenant: Tenant, work: Work) -> tuple[dict[str, Any], dict[str, str]]:
-        """A non-streamed result as (body, headers), for the batch endpoint."""
+        """A non-streamed result as (body, headers); the batch endpoint uses it directly."""
         admitted = await self._admit(tenant, work)
         try:
             return await self._complete(admitted)
-        except SurgeError:
-            self._settle_later(admitted.reservation, 0)
+        except BaseException as exc:
+            self._failed(admitted, exc)
             raise
         finally:
             self._routes.release(admitted.primary)
+
+    def _failed(self, admitted: _Admitted, exc: BaseException) -> None:
+        """A request that failed after admission: refund its reservation, show the limits on the error."""
+        if isinstance(exc, SurgeError):
+            self._settle_later(admitted.reservation, 0)
+            exc.headers = {**self._gate.headers(admitted.reservation), **exc.headers}
 
     async def _admit(self, tenant: Tenant, work: Work) -> _Admitted:
         body, gate = work.body, self._gate
@@ -103,7 +107,7 @@ class RequestPipeline:
         cap = gate.max_tokens(tenant, sampling.max_tokens)
         if tenant.tier is not None:
             sampling = replace(sampling, max_tokens=sampling.max_tokens and cap, max_tokens_cap=cap)
-        primary = max(route.pools, key=lambda pool: route.pools[pool])
+        primary = route.primary
         gate.shed(priority, primary, self._routes.queue_depth(primary))
         # Counted from here, not from dispatch: a burst must see itself while it awaits the quota store.
         self._routes.hold(primary)
@@ -115,7 +119,7 @@ class RequestPipeline:
         request_id = f"{work.id_prefix}-{uuid.uuid4().hex}"
         request = GenerationRequest(request_id, work.prompt, sampling, priority, prefix_key(work.prompt))
         version = f"{route.model}:{sorted(route.pools.items())}:{work.kind}"
-        key = gate.cache_key(tenant, version, work.prompt, asdict(sampling))
+        key = gate.cache_key(tenant, version, work.prompt, sampling)
         shape = ResponseShape(work.kind, request_id, body.model, int(time.time()))
         return _Admitted(route, primary, request, shape, reservation, key)
 

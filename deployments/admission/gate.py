@@ -7,9 +7,8 @@ short-lived key cache, the response cache) and turns their decisions into the on
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from deployments.admission.cache import ResponseCache, cache_key
@@ -21,9 +20,9 @@ from deployments.admission.decisions import (
     clamp_priority,
     shed_decision,
 )
-from deployments.admission.store import ApiKey, KeyStore, open_store
+from deployments.admission.store import ApiKey, KeyStore, hash_key, open_store
 from deployments.admission.tiers import AdmissionConfig, TierConfig
-from deployments.engines.base import ChatPrompt, Prompt, TextPrompt
+from deployments.engines.base import ChatPrompt, Prompt, SamplingSpec, TextPrompt
 from deployments.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 
 __all__ = ["ANONYMOUS", "AdmissionGate", "Tenant", "prompt_token_bound"]
@@ -93,7 +92,7 @@ class AdmissionGate:
         return Tenant(key.id, tier, key)
 
     async def _lookup(self, plaintext: str) -> ApiKey | None:
-        digest = hashlib.sha256(plaintext.encode()).hexdigest()
+        digest = hash_key(plaintext)
         now = time.monotonic()
         cached = self._keys.get(digest)
         if cached is not None and cached[0] > now:
@@ -143,9 +142,10 @@ class AdmissionGate:
     def headers(self, reservation: Reservation | None) -> dict[str, str]:
         return {} if reservation is None else reservation.headers(self._config.quota_warning_fraction)
 
-    def cache_key(self, tenant: Tenant, model_version: str, prompt: Prompt, params: dict[str, Any]) -> str | None:
+    def cache_key(self, tenant: Tenant, model_version: str, prompt: Prompt, sampling: SamplingSpec) -> str | None:
         if not self._config.cache.enabled:
             return None
+        params = asdict(sampling)
         material: str | list[Any]
         if isinstance(prompt, ChatPrompt):
             material = prompt.messages
