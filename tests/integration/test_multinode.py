@@ -14,6 +14,7 @@ import pytest
 import ray
 from ray import serve
 from ray._private import state as ray_state
+from ray.serve.schema import ReplicaState
 
 from cluster.config import PROJECT_ROOT, load_config
 from cluster.local import LocalCluster
@@ -68,6 +69,11 @@ def pool_replicas(pool: str) -> list[Replica]:
     return [Replica(a["Name"], a["Address"]["NodeID"]) for a in actors if a["ActorClassName"] == wanted]
 
 
+def running_replicas(pool: str) -> int:
+    deployment = serve.status().applications["surge"].deployments[f"pool-{pool}"]
+    return int(deployment.replica_states.get(ReplicaState.RUNNING, 0))
+
+
 def worker_index(cluster: LocalCluster, node_id: str) -> int:
     return cluster.worker_node_ids.index(node_id)
 
@@ -117,9 +123,12 @@ def test_killing_a_replica_keeps_the_service_answering(multinode: tuple[httpx.Cl
 
 def test_losing_a_worker_node_keeps_the_service_answering(multinode: tuple[httpx.Client, LocalCluster]) -> None:
     client, cluster = multinode
-    deadline = time.monotonic() + 120  # the killed replica is replaced first; wait for two again
-    while len(pool_replicas("main")) < 2 and time.monotonic() < deadline:
+    # The replica killed above is replaced first. An ALIVE actor may still be loading its engine, so wait until
+    # Serve runs two replicas: otherwise the node lost could hold the only serving one.
+    deadline = time.monotonic() + 180
+    while running_replicas("main") < 2 and time.monotonic() < deadline:
         time.sleep(1)
+    assert running_replicas("main") == 2
     cluster.kill_worker(worker_index(cluster, pool_replicas("main")[0].node_id))
     assert first_success_s(client) <= 5
 
