@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from ray import serve
@@ -66,12 +66,12 @@ class Dispatcher:
     async def complete(self, route: RouteConfig, request: GenerationRequest) -> Dispatched:
         """The whole completion; the pool's in-flight slot is released when it returns."""
 
-        def call(pool: str) -> Awaitable[Any]:
+        def call(pool: str, attempt: GenerationRequest) -> Awaitable[Any]:
             if self._batching:
-                return self._batchers[pool](request)
-            return cast(Awaitable[Any], self._handles[pool].complete.remote(request))
+                return self._batchers[pool](attempt)
+            return cast(Awaitable[Any], self._handles[pool].complete.remote(attempt))
 
-        dispatched = await self._attempts(route, call)
+        dispatched = await self._attempts(route, request, call)
         self._routes.finished(dispatched.pool, ok=True)
         return dispatched
 
@@ -79,12 +79,12 @@ class Dispatcher:
         """The stream and its first chunk; the caller must call `stream_ended` when it is done."""
         streams: dict[str, DeploymentResponseGenerator] = {}
 
-        def first_chunk(pool: str) -> Awaitable[Any]:
+        def first_chunk(pool: str, attempt: GenerationRequest) -> Awaitable[Any]:
             handle = self._handles[pool].options(stream=True)
-            streams[pool] = cast(DeploymentResponseGenerator, handle.generate.remote(request))
+            streams[pool] = cast(DeploymentResponseGenerator, handle.generate.remote(attempt))
             return streams[pool].__anext__()
 
-        dispatched = await self._attempts(route, first_chunk, cancel=lambda pool: streams[pool].cancel())
+        dispatched = await self._attempts(route, request, first_chunk, cancel=lambda pool: streams[pool].cancel())
         dispatched.stream = streams[dispatched.pool]
         return dispatched
 
@@ -94,7 +94,8 @@ class Dispatcher:
     async def _attempts(
         self,
         route: RouteConfig,
-        call: Callable[[str], Awaitable[Any]],
+        request: GenerationRequest,
+        call: Callable[[str, GenerationRequest], Awaitable[Any]],
         cancel: Callable[[str], None] | None = None,
     ) -> Dispatched:
         deadline = asyncio.get_running_loop().time() + self._timeout_s
@@ -105,8 +106,11 @@ class Dispatcher:
             if decision.pool is None:
                 retry_after = {"Retry-After": str(max(1, round(decision.retry_after_s or 1)))}
                 raise ServiceUnavailable(decision.reason, code="model_unavailable", headers=retry_after)
+            # A retry forgets prefix affinity: the preferred replica may be the one that just failed (a lost node
+            # is declared dead seconds after its calls stop answering).
+            this_try = request if attempt == 1 else replace(request, routing_key=None)
             try:
-                chunk = await self._one_attempt(decision.pool, call, cancel, deadline)
+                chunk = await self._one_attempt(decision.pool, call, this_try, cancel, deadline)
                 return Dispatched(decision, chunk)
             except SurgeError as err:
                 if err.status < 500 or isinstance(err, DeadlineExceeded):
@@ -121,14 +125,15 @@ class Dispatcher:
     async def _one_attempt(
         self,
         pool: str,
-        call: Callable[[str], Awaitable[Any]],
+        call: Callable[[str, GenerationRequest], Awaitable[Any]],
+        request: GenerationRequest,
         cancel: Callable[[str], None] | None,
         deadline: float,
     ) -> GenerationChunk:
         self._routes.started(pool)
         remaining_s = deadline - asyncio.get_running_loop().time()
         timeout_s = min(remaining_s, self._routing.attempt_timeout_s)
-        awaitable = call(pool)
+        awaitable = call(pool, request)
         try:
             return cast(GenerationChunk, await asyncio.wait_for(awaitable, timeout=max(timeout_s, 0.001)))
         except TimeoutError:
