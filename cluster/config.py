@@ -184,6 +184,9 @@ class RoutingConfig(_Strict):
     # Ask the router deployment on every request instead (one more Ray call per request); kept to measure
     # the snapshot design against it (benchmarks/overhead.py).
     decide_per_request: bool = False
+    # How long the ingress waits for the router's answer before deciding on its last snapshot (the router
+    # may be restarting): the router is a control plane and must not stall the data path.
+    router_timeout_s: float = Field(1.0, gt=0)
 
 
 class SurgeConfig(BaseSettings):

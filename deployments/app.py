@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from ray import serve
+from ray._common.constants import HEAD_NODE_RESOURCE_NAME
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
@@ -20,6 +21,9 @@ __all__ = ["app_builder", "build_app", "pool_deployment_name", "pool_options"]
 
 _QUIET: dict[str, Any] = {"logging_config": {"enable_access_log": False}}
 _PREFIX_ROUTER = "deployments.request_router:PrefixAffinityRouter"
+# The traffic router is control plane: it lives on the head node with Serve's controller (as Serve pins its
+# controller), not on a GPU node whose loss would take the breakers' state with it.
+_ON_HEAD_NODE: dict[str, Any] = {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE_NAME: 0.001}}
 
 
 def pool_deployment_name(pool: PoolConfig) -> str:
@@ -67,7 +71,7 @@ def build_app(
     """The ingress, the traffic router, and one replica pool per configured model."""
     platform = platform or _platform()
     handles = {pool.name: _pool_app(pool, engine_factory, platform) for pool in config.pools}
-    router = serve.deployment(name="traffic-router", num_replicas=1, ray_actor_options={"num_cpus": 0}, **_QUIET)(
+    router = serve.deployment(name="traffic-router", num_replicas=1, ray_actor_options=_ON_HEAD_NODE, **_QUIET)(
         TrafficRouter
     ).bind(config.routing, config.route_table(), config.server.request_timeout_s)
     ingress = serve.deployment(

@@ -81,6 +81,7 @@ class RouteClient:
         self._routes = routes
         self._interval_s = routing.snapshot_interval_s
         self._per_request = routing.decide_per_request
+        self._router_timeout_s = routing.router_timeout_s
         self._statuses: dict[str, str] = {}
         self._outcomes: list[tuple[str, bool]] = []
         self._in_flight: Counter[str] = Counter()
@@ -99,6 +100,13 @@ class RouteClient:
         closed = all(self._statuses.get(pool, "closed") == "closed" for pool in candidates)
         if closed and not self._per_request:
             return route_request(route, rng_value, self._in_flight, lambda pool: True)
+        try:
+            return await asyncio.wait_for(self._ask_router(route, rng_value), timeout=self._router_timeout_s)
+        except Exception as exc:  # the router is down or restarting (e.g. its node was lost)
+            logger.warning("traffic router did not decide (%r); deciding on its last snapshot", exc)
+            return route_request(route, rng_value, self._in_flight, lambda pool: self._statuses.get(pool) != "open")
+
+    async def _ask_router(self, route: RouteConfig, rng_value: float) -> RoutingDecision:
         result: RoutingDecision = await self._router.decide.remote(route.model, rng_value, dict(self._in_flight))
         return result
 
