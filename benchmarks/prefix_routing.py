@@ -4,7 +4,7 @@
 
 Twenty long, distinct system prompts; each request is a "user" picking one (uniformly, seeded) plus a
 short question of its own, streamed with a few fixed output tokens. The same workload runs twice, each
-time on a fresh app: pool `main` (the mid model, 2 replicas, prefix caching) routed by Ray Serve's power
+time on a fresh app: pool `main` (the `small` model, 2 replicas, prefix caching) routed by Ray Serve's power
 of two choices, then by surge's PrefixAffinityRouter. Each replica's KV cache is sized from the model so
 that the prompts' cached prefixes overflow one replica but fit the pool: only affinity keeps them all.
 Headline: the prefix run's TTFT p50 over the default run's (goal <= 0.4).
@@ -42,9 +42,10 @@ from benchmarks._common import (
     utc_now,
     write_results,
 )
-from cluster.config import PROJECT_ROOT, PoolConfig, SurgeConfig, load_config
+from cluster.config import PoolConfig, SurgeConfig, load_config
 from cluster.env import engine_env
 from cluster.serving import free_port, isolate_serve_ports, wait_ready
+from cluster.tiny_model import build, model_dir
 
 __all__ = ["FULL", "QUICK", "Plan", "Workload", "kv_sizing", "main", "system_prompts", "user_requests"]
 
@@ -52,7 +53,10 @@ NAME = "prefix_routing"
 GOAL = 0.4
 Router = Literal["power_of_two", "prefix"]
 RUNS: tuple[Router, ...] = ("power_of_two", "prefix")  # baseline first
-MODEL_DIR = PROJECT_ROOT / ".cache" / "models" / "surge-mid"
+# The model where a prefix-cache hit saves most of TTFT (notes/vllm-cpu.md: cached/cold TTFT 0.08, mid 0.18).
+MODEL = "small"
+MODEL_DIR = model_dir(MODEL)
+SERVED_NAME = f"surge-{MODEL}"
 BLOCK_TOKENS = 128  # vLLM's KV block on CPU; only whole blocks are cached and shared
 
 
@@ -88,7 +92,7 @@ class Workload:
     load_prompt_ids: list[int]  # which system prompt each load request carries
 
 
-# Words the mid model's byte-level tokenizer mostly knows whole (it was trained on support-desk text).
+# Words the models' byte-level tokenizer mostly knows whole (it was trained on support-desk text).
 _WORD_TEXT = (
     "order parcel return customer email item delivery refund account address payment invoice shipping "
     "warehouse courier tracking number week day store card support team policy label package receipt "
@@ -166,11 +170,11 @@ def kv_sizing(prefix_tokens: list[int], model_config: dict[str, Any], kv_share: 
 
 
 def _surge_config(kv_bytes: int, router: Router) -> SurgeConfig:
-    """configs/local.yaml with pool `main` replaced by the mid model on 2 one-thread replicas; admission
+    """configs/local.yaml with pool `main` replaced by the benchmark's model on 2 one-thread replicas; admission
     (keys, quotas, response cache) off: this measures replica choice."""
     base = load_config()
     pool = PoolConfig(
-        name="main", model=str(MODEL_DIR), served_model_name="surge-mid", num_replicas=2, engine_threads=1,
+        name="main", model=str(MODEL_DIR), served_model_name=SERVED_NAME, num_replicas=2, engine_threads=1,
         request_router=router, max_ongoing_requests=base.pools[0].max_ongoing_requests,
         engine_args={
             "dtype": "float32", "enforce_eager": True, "max_model_len": 2048,
@@ -311,8 +315,8 @@ def _workload(plan: Plan) -> Workload:
     return Workload(
         prompts=prompts,
         prefix_tokens=[_prefix_tokens(tokenizer, p) for p in prompts],
-        warmup=_payloads(plan, prompts, warmup, "surge-mid"),
-        load=_payloads(plan, prompts, load, "surge-mid"),
+        warmup=_payloads(plan, prompts, warmup, SERVED_NAME),
+        load=_payloads(plan, prompts, load, SERVED_NAME),
         load_prompt_ids=[p for p, _ in load],
     )
 
@@ -324,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logs()
     isolate_serve_ports()
     plan = QUICK if args.quick else FULL
+    build(MODEL)  # a no-op once built
     started_at, started = utc_now(), time.perf_counter()
     machine = machine_info()
     work = _workload(plan)
