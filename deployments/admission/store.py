@@ -1,4 +1,4 @@
-"""Async SQL store of API keys and usage: SQLite (aiosqlite) or PostgreSQL (asyncpg) behind `KeyStore`.
+"""Async SQL store of API keys and usage: SQLite (sqlite_store.py) or PostgreSQL (asyncpg) behind `KeyStore`.
 
 Limits hold across every process on the same database: a reservation checks and charges rpm, tpm and the
 daily quota in one transaction holding the key's lock (SQLite BEGIN IMMEDIATE; Postgres SELECT FOR UPDATE).
@@ -6,22 +6,18 @@ daily quota in one transaction holding the key's lock (SQLite BEGIN IMMEDIATE; P
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
-import itertools
 import secrets
-import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import asyncpg
 
 from deployments.admission.decisions import (
@@ -50,8 +46,6 @@ __all__ = [
 KEY_PREFIX = "sk-surge-"
 # Random characters of the key kept for display: identify a key without weakening it.
 _DISPLAY_CHARS = 4
-_BUSY_TIMEOUT_S = 30.0
-_RETRY_S = 0.05
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS surge_api_keys (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, tier TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
@@ -122,7 +116,9 @@ async def open_store(dsn: str, *, root: Path = PROJECT_ROOT, pool_size: int = 10
     """Connect to the database named by `dsn` (sqlite:///... or postgresql://...) and create tables."""
     store: _SqlKeyStore
     if dsn.startswith("sqlite:///"):
-        store = await _SqliteKeyStore.connect(sqlite_path(dsn, root))
+        from deployments.admission.sqlite_store import SqliteKeyStore  # it subclasses _SqlKeyStore, below
+
+        store = await SqliteKeyStore.connect(sqlite_path(dsn, root))
     elif dsn.startswith(("postgresql://", "postgres://")):
         store = await _PostgresKeyStore.connect(dsn, pool_size)
     else:
@@ -302,61 +298,6 @@ async def _charge(tx: _Sql, key_id: str, minute: int, day: date, used: WindowUsa
         " tokens = surge_daily_usage.tokens + excluded.tokens",
         key_id, day.isoformat(), requests, tokens,
     )  # fmt: skip
-
-
-class _SqliteKeyStore(_SqlKeyStore):
-    """SQLite in WAL mode; aiosqlite runs every statement on its own thread, off the event loop."""
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-        # One connection carries one transaction at a time; coroutines of this process take turns.
-        self._lock = asyncio.Lock()
-
-    @classmethod
-    async def connect(cls, path: str) -> _SqliteKeyStore:
-        if path != ":memory:":
-            await asyncio.to_thread(Path(path).parent.mkdir, parents=True, exist_ok=True)
-        return cls(await aiosqlite.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None))
-
-    async def _prepare(self) -> None:
-        await self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-        # Switching a new database to WAL takes a lock SQLite does not wait for, so retry.
-        for attempt in itertools.count():
-            try:
-                await self._conn.execute("PRAGMA journal_mode = WAL")
-                break
-            except sqlite3.OperationalError:
-                if attempt * _RETRY_S > _BUSY_TIMEOUT_S:
-                    raise
-                await asyncio.sleep(_RETRY_S)
-        await self._conn.execute("PRAGMA synchronous = NORMAL")
-        await self._conn.execute("PRAGMA foreign_keys = ON")
-        await super()._prepare()
-
-    async def _sql(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        async with self._conn.execute(sql, args) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
-
-    @asynccontextmanager
-    async def _transaction(self, write: bool = True) -> AsyncIterator[_Sql]:
-        async with self._lock:
-            if not write:  # WAL readers neither wait for nor block the writer
-                yield self._sql
-                return
-            # IMMEDIATE takes the write lock up front, so concurrent processes queue instead of deadlocking.
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                yield self._sql
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                # Statements run in order on aiosqlite's thread even when this task is cancelled, so a
-                # ROLLBACK queued now undoes whatever BEGIN started; "no transaction" errors are harmless.
-                with suppress(sqlite3.OperationalError):
-                    await self._conn.execute("ROLLBACK")
-                raise
-
-    async def close(self) -> None:
-        await self._conn.close()
 
 
 @functools.lru_cache(maxsize=64)
