@@ -25,15 +25,12 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from benchmarks._admission_gate import POOL, chat_prompts, run_gate
+from benchmarks._admission_overload import overload, sequential
 from benchmarks._common import (
-    Answer,
     LoadResult,
-    RequestResult,
     Sender,
     cpu_usage,
     final_line,
@@ -51,18 +48,14 @@ from benchmarks._common import (
     utc_now,
     write_results,
 )
-from benchmarks.overhead import prompts
 from cluster.config import SurgeConfig, load_config
 from cluster.serving import free_port, isolate_serve_ports, serving, wait_ready
-from deployments.admission import AdmissionConfig, TierConfig, open_store
-from deployments.admission.gate import AdmissionGate, prompt_token_bound
-from deployments.engines.base import ChatPrompt
+from deployments.admission import TierConfig, open_store
 
 __all__ = ["FULL", "QUICK", "Plan", "main"]
 
 NAME = "admission"
 LATENCY_GOAL = 1.10
-POOL = "main"
 _GATE_TIER = "bench-gate"
 _RPM_TIER = "bench-rpm"
 # Where the app without admission answers, beside the app with it at /.
@@ -113,82 +106,6 @@ def _tiers(plan: Plan, shipped: dict[str, TierConfig]) -> dict[str, TierConfig]:
     return {**shipped, _GATE_TIER: lifted, _RPM_TIER: few}
 
 
-def _chat_prompts() -> list[ChatPrompt]:
-    return [ChatPrompt([{"role": "user", "content": text}]) for text in prompts()]
-
-
-def _us(seconds: list[float]) -> dict[str, float | None]:
-    if not seconds:
-        return {"p50_us": None, "p99_us": None}
-    return {"p50_us": percentile(seconds, 50) * 1e6, "p99_us": percentile(seconds, 99) * 1e6}
-
-
-# ---------------------------------------------------------------------------------------------------------- gate
-
-
-class _GateBench:
-    """The per-request admission path as pipeline.py runs it, timed stage by stage."""
-
-    def __init__(self, gate: AdmissionGate, api_key: str, model: str, plan: Plan) -> None:
-        self._gate, self._auth, self._model, self._plan = gate, f"Bearer {api_key}", model, plan
-        self._prompts = _chat_prompts()
-        self.stages: dict[str, list[float]] = {"authenticate": [], "checks_and_shed": [], "reserve": [], "settle": []}
-
-    async def request(self, i: int) -> RequestResult:
-        gate, clock, prompt = self._gate, time.perf_counter, self._prompts[i % len(self._prompts)]
-        t0 = clock()
-        tenant = await gate.authenticate(self._auth)
-        t1 = clock()
-        gate.check_model(tenant, self._model)
-        priority = gate.priority(tenant, None)
-        cap = gate.max_tokens(tenant, self._plan.max_tokens) or 0
-        gate.shed(priority, POOL, i % self._plan.pool_capacity)  # a queue that is never over its limit
-        t2 = clock()
-        reservation = await gate.reserve(tenant, prompt_token_bound(prompt) + cap)
-        t3 = clock()
-        await gate.settle(reservation, 40 + cap)  # fewer tokens than reserved: a refund, as on most requests
-        t4 = clock()
-        for samples, spent_s in zip(self.stages.values(), (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-            samples.append(spent_s)
-        return RequestResult(None, t4 - t0, 0)
-
-
-async def _key_lookup_s(gate: AdmissionGate, api_key: str, count: int) -> list[float]:
-    """What a key-cache miss costs: the SQL lookup behind authenticate."""
-    store, samples = await gate.store(), []
-    for _ in range(count):
-        start = time.perf_counter()
-        await store.lookup(api_key)
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-async def _gate_async(plan: Plan, base: AdmissionConfig, model: str, directory: Path) -> dict[str, Any]:
-    config = base.model_copy(update={"enabled": True, "key_store_dsn": f"sqlite:///{directory}/keys.db",
-                                     "tiers": _tiers(plan, dict(base.tiers))})  # fmt: skip
-    gate = AdmissionGate(config)
-    try:
-        _, api_key = await (await gate.store()).create_key("bench-gate", _GATE_TIER)
-        levels: dict[str, Any] = {}
-        for concurrency in sorted({1, plan.e2e_concurrency, plan.gate_concurrency}):
-            bench = _GateBench(gate, api_key, model, plan)
-            await run_closed_loop(bench.request, plan.warmup_requests, concurrency)
-            bench = _GateBench(gate, api_key, model, plan)
-            load = await run_closed_loop(bench.request, plan.gate_requests, concurrency)
-            latencies = [r.latency_s for r in load.requests if r.error is None]
-            stages = {k: _us(v) for k, v in bench.stages.items()}
-            levels[f"c{concurrency}"] = summarize(load) | _us(latencies) | {"stages": stages}
-        levels["key_lookup_uncached"] = _us(await _key_lookup_s(gate, api_key, 200))
-        return levels
-    finally:
-        await gate.close()
-
-
-def _run_gate(plan: Plan, config: SurgeConfig) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="surge-bench-admission-") as directory:
-        return asyncio.run(_gate_async(plan, config.admission, config.pools[0].model_id, Path(directory)))
-
-
 # ---------------------------------------------------------------------------------------------------- end to end
 
 
@@ -197,93 +114,8 @@ def _payloads(plan: Plan, model: str) -> list[dict[str, Any]]:
     return [
         {"model": model, "messages": prompt.messages, "max_tokens": plan.max_tokens, "temperature": 0.7,
          "ignore_eos": True}
-        for prompt in _chat_prompts()
+        for prompt in chat_prompts()
     ]  # fmt: skip
-
-
-def _ms(answers: list[Answer]) -> dict[str, float | None]:
-    micros = _us([a.latency_s for a in answers])
-    return {k.replace("_us", "_ms"): None if v is None else v / 1000 for k, v in micros.items()}
-
-
-def _sequential(answers: list[Answer]) -> dict[str, Any]:
-    return {"statuses": sorted({a.status for a in answers}), **_ms(answers)}
-
-
-def _bearer(api_key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"}
-
-
-async def _burst(plan: Plan, url: str, payloads: list[dict[str, Any]], api_key: str | None) -> dict[str, Any]:
-    """`burst_requests` at once, then `probe_requests` one by one in the state the burst left (pool full, rpm
-    spent): latency of the answered (200) and the refused (429/503) requests."""
-    headers = _bearer(api_key) if api_key else None
-    answers, wall_s = await fire(url, plan.burst_requests, concurrent=True, payloads=payloads, headers=headers)
-    probes, _ = await fire(url, plan.probe_requests, concurrent=False, payloads=payloads, headers=headers)
-    refused = [a for a in answers if a.status in (429, 503)]
-    by_status: dict[str, int] = {}
-    for answer in answers:
-        by_status[str(answer.status)] = by_status.get(str(answer.status), 0) + 1
-    return {
-        "requests": len(answers), "wall_s": wall_s, "by_status": dict(sorted(by_status.items())),
-        "answered": _ms([a for a in answers if a.status == 200]), "refused": _ms(refused),
-        "refused_per_s": len(refused) / wall_s, "refused_with_retry_after": sum(a.retry_after for a in refused),
-        "then_sequential": _sequential(probes),
-    }  # fmt: skip
-
-
-async def _hold(session: aiohttp.ClientSession, url: str, payload: dict[str, Any], in_flight: asyncio.Event) -> None:
-    """A long stream; `in_flight` is set once its first event arrived (the pool then counts it) or it failed."""
-    try:
-        async with session.post(url, json=payload) as response:
-            async for line in response.content:
-                if line.startswith(b"data: "):
-                    in_flight.set()
-    finally:
-        in_flight.set()
-
-
-async def _burst_on_full_pool(plan: Plan, url: str, payloads: list[dict[str, Any]], api_key: str) -> dict[str, Any]:
-    """Fill the pool to its shed limit with long priority-1 streams, then burst at it."""
-    hold = payloads[0] | {"max_tokens": 800, "stream": True, "priority": 1}  # outlasts the burst
-    events = [asyncio.Event() for _ in range(plan.pool_capacity)]
-    connector = aiohttp.TCPConnector(limit=plan.pool_capacity + 8)
-    async with aiohttp.ClientSession(connector=connector, headers=_bearer(api_key)) as session:
-        holders = [asyncio.create_task(_hold(session, url, hold, event)) for event in events]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout=60)
-            streaming = sum(not h.done() for h in holders)
-            result = await _burst(plan, url, payloads, api_key)
-            result["holders"] = {"streaming_at_burst": streaming, "streaming_after": sum(not h.done() for h in holders)}
-        finally:
-            for holder in holders:
-                holder.cancel()  # a closed stream aborts its generation
-            await asyncio.gather(*holders, return_exceptions=True)
-    return result
-
-
-async def _overload(plan: Plan, base_url: str, keys: dict[str, str], payloads: list[dict[str, Any]]) -> dict[str, Any]:
-    url = f"{base_url}/v1/chat/completions"
-    bursts = {
-        # The HTTP path alone under the same burst: no admission, no engine.
-        "healthz": lambda: _burst(plan, f"{base_url}/healthz", [], None),
-        # In-flight requests are counted when dispatched: does the shed decision see a burst still in admission?
-        "shed_idle_pool": lambda: _burst(plan, url, payloads, keys["enterprise"]),
-        "shed_full_pool": lambda: _burst_on_full_pool(plan, url, payloads, keys["enterprise"]),
-        "rate_limit": lambda: _burst(plan, url, payloads, keys[_RPM_TIER]),
-    }
-    results: dict[str, Any] = {}
-    for name, burst in bursts.items():
-        try:
-            results[name] = await burst()
-        except Exception as exc:  # one failed burst must not lose the others or the latency run
-            results[name] = {"error": repr(exc)}
-    # Refusals against admitted requests of the same burst: the idle-pool burst, where all are admitted.
-    admitted_ms = results["shed_idle_pool"].get("answered", {}).get("p50_ms")
-    for result in results.values():
-        refused_ms = result.get("refused", {}).get("p50_ms")
-        result["refused_p50_over_admitted_p50"] = refused_ms / admitted_ms if refused_ms and admitted_ms else None
-    return results
 
 
 def _pooled(runs: list[tuple[LoadResult, dict[str, float]]]) -> dict[str, Any]:
@@ -335,8 +167,8 @@ async def _measure(plan: Plan, url: str, model: str, keys: dict[str, str]) -> di
         healthz, _ = await fire(f"{app_url}/healthz", plan.probe_requests, concurrent=False)
         chat_url = f"{app_url}/v1/chat/completions"
         no_key, _ = await fire(chat_url, plan.probe_requests, concurrent=False, payloads=payloads)
-        record[name] = {"healthz_sequential": _sequential(healthz), "no_key_sequential": _sequential(no_key)}
-    record["overload"] = await _overload(plan, url, keys, payloads)
+        record[name] = {"healthz_sequential": sequential(healthz), "no_key_sequential": sequential(no_key)}
+    record["overload"] = await overload(plan, url, keys, payloads, _RPM_TIER)
     return record
 
 
@@ -428,6 +260,11 @@ def _tables(parts: dict[str, Any]) -> str:
 
 def _section(title: str, headers: list[str], rows: list[list[Any]]) -> str:
     return f"{title}\n" + (format_table(headers, rows) if rows else "(no measurement, see the JSON)")
+
+
+def _run_gate(plan: Plan, base: SurgeConfig) -> dict[str, Any]:
+    admission = base.admission.model_copy(update={"tiers": _tiers(plan, dict(base.admission.tiers))})
+    return run_gate(plan, admission, _GATE_TIER, base.pools[0].model_id)
 
 
 def _run_parts(plan: Plan, base: SurgeConfig) -> dict[str, Any]:
