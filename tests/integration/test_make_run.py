@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -20,10 +21,26 @@ from cluster.serving import free_port, wait_ready
 pytestmark = pytest.mark.slow
 
 
-def processes_in_session(sid: int) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "sid=,stat=,args="], capture_output=True, text=True, check=True).stdout
-    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
-    return [row[2] for row in rows if len(row) == 3 and int(row[0]) == sid and not row[1].startswith("Z")]
+def processes_in_session(sid: int) -> dict[int, str]:
+    """Live (not zombie) processes of session `sid`: pid → command line."""
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True, check=True).stdout
+    rows = [line.split(None, 3) for line in out.splitlines() if line.strip()]
+    return {int(r[0]): r[3] for r in rows if len(r) == 4 and int(r[1]) == sid and not r[2].startswith("Z")}
+
+
+def session_left_after(sid: int, timeout_s: float) -> dict[int, str]:
+    """The session's processes once it emptied or `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while (left := processes_in_session(sid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of the session, in whichever process group (HAProxy, raylets) it runs."""
+    for pid in processes_in_session(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_run_serves_streams_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -56,15 +73,12 @@ def test_run_serves_streams_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
         assert any(chunk.choices and chunk.choices[0].finish_reason for chunk in stream)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/healthz", timeout=2)
+        left = session_left_after(proc.pid, timeout_s=10)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_session(proc.pid)  # whatever failed above, nothing of this run keeps running
     output = log.read_text()
     assert proc.returncode == 0, output
     assert f"surge is serving on {url}/v1" in output and "curl " in output
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{url}/healthz", timeout=2)
-    deadline = time.monotonic() + 10
-    while processes_in_session(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert processes_in_session(proc.pid) == []
+    assert left == {}
