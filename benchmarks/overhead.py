@@ -21,6 +21,7 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -229,18 +230,12 @@ def server_command(pool: PoolConfig, port: int) -> list[str]:
     return command
 
 
-def _wait_health(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def _exited(process: subprocess.Popen[bytes]) -> Callable[[], None]:
+    def check() -> None:
         if process.poll() is not None:
             raise RuntimeError(f"vLLM server exited with status {process.returncode} before it was healthy")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"vLLM server at {url} not healthy within {timeout_s:g} s")
+
+    return check
 
 
 def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
@@ -269,7 +264,7 @@ def _run_vllm_server(plan: Plan, pool: PoolConfig) -> dict[str, Any]:
             start_new_session=True,
         )  # fmt: skip
         try:
-            _wait_health(url, process, plan.startup_timeout_s)
+            wait_ready(url, plan.startup_timeout_s, path="/health", check_alive=_exited(process))
             startup_s = time.perf_counter() - start
             levels = asyncio.run(_measure_http(f"{url}/v1/completions", plan, pool.model_id))
         except Exception as exc:

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -41,19 +41,24 @@ def isolate_serve_ports() -> None:
         os.environ.setdefault(key, str(free_port()))
 
 
-def wait_ready(url: str, timeout_s: float = 240) -> None:
-    """Block until `GET {url}/readyz` answers 200 (every pool's engine loaded and answering)."""
+def wait_ready(
+    url: str, timeout_s: float = 240, path: str = "/readyz", check_alive: Callable[[], None] | None = None
+) -> None:
+    """Block until `GET {url}{path}` answers 200 (for surge's /readyz: every pool's engine loaded and answering).
+    `check_alive` may raise to give up early, e.g. when the server's process has exited."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if check_alive is not None:
+            check_alive()
         try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(1)
-    raise TimeoutError(f"surge at {url} did not become ready in {timeout_s:g} s")
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}{path} did not answer 200 within {timeout_s:g} s")
 
 
 def _start_ray(config: SurgeConfig, stack: ExitStack) -> Any:
