@@ -39,13 +39,18 @@ class _StoreThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return not self._loop.is_closed()
+
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        if self.running:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
 
 
 def _on_store_thread(
@@ -123,6 +128,8 @@ class SqliteKeyStore(_SqlKeyStore):
         self._conn.execute("COMMIT")
 
     async def close(self) -> None:
+        if not self._thread.running:
+            return
         try:
             await self._thread.run(self._close())
         finally:

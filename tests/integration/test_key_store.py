@@ -273,3 +273,13 @@ async def test_open_store_creates_missing_directories(tmp_path: Path) -> None:
     async with await open_store("sqlite:///nested/dir/keys.db", root=tmp_path) as store:
         await store.create_key("alice", "pro")
     assert (tmp_path / "nested" / "dir" / "keys.db").exists()
+
+
+def test_a_sqlite_store_serves_any_event_loop_and_closes_twice(tmp_path: Path) -> None:
+    """Its connection lives on the store's own thread: callers on other loops (a CLI's asyncio.run, a test's)
+    share it, and a second close is harmless."""
+    opened = asyncio.run(open_store(f"sqlite:///{tmp_path / 'keys.db'}"))
+    _, plaintext = asyncio.run(opened.create_key("loops", "free"))
+    assert asyncio.run(opened.lookup(plaintext)) is not None
+    asyncio.run(opened.close())
+    asyncio.run(opened.close())
