@@ -77,6 +77,11 @@ def worker_index(cluster: LocalCluster, node_id: str) -> int:
     return cluster.worker_node_ids.index(node_id)
 
 
+def serving_replicas(client: httpx.Client) -> set[str]:
+    """Replicas that answered requests spread over many prefixes."""
+    return {chat(client, "hi", system=f"Desk number {i}.").headers["X-Surge-Replica"] for i in range(16)}
+
+
 def test_tp2_replicas_land_on_different_worker_nodes(multinode: tuple[httpx.Client, LocalCluster]) -> None:
     _, cluster = multinode
     nodes = [actor.node_id for actor in pool_replicas("main")]
@@ -116,11 +121,6 @@ def first_success_s(client: httpx.Client, model: str = TP2, limit_s: float = 60)
             return elapsed, timeline
         time.sleep(0.1)
     return float("inf"), timeline
-
-
-def serving_replicas(client: httpx.Client) -> set[str]:
-    """Replicas that answered requests spread over many prefixes."""
-    return {chat(client, "hi", system=f"Desk number {i}.").headers["X-Surge-Replica"] for i in range(16)}
 
 
 def wait_for_two_serving_replicas(client: httpx.Client, timeout_s: float = 240) -> None:
