@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks._common import RequestResult, percentile, run_closed_loop, summarize
+from benchmarks._common import RequestResult, p50_p99, run_closed_loop, summarize
 from benchmarks.overhead import prompts
 from deployments.admission import AdmissionConfig
 from deployments.admission.gate import AdmissionGate, prompt_token_bound
@@ -17,19 +17,13 @@ from deployments.engines.base import ChatPrompt
 if TYPE_CHECKING:
     from benchmarks.admission import Plan
 
-__all__ = ["POOL", "chat_prompts", "micros", "run_gate"]
+__all__ = ["POOL", "chat_prompts", "run_gate"]
 
 POOL = "main"
 
 
 def chat_prompts() -> list[ChatPrompt]:
     return [ChatPrompt([{"role": "user", "content": text}]) for text in prompts()]
-
-
-def micros(seconds: list[float]) -> dict[str, float | None]:
-    if not seconds:
-        return {"p50_us": None, "p99_us": None}
-    return {"p50_us": percentile(seconds, 50) * 1e6, "p99_us": percentile(seconds, 99) * 1e6}
 
 
 class _GateBench:
@@ -81,9 +75,9 @@ async def _gate_async(plan: Plan, base: AdmissionConfig, tier: str, model: str, 
             bench = _GateBench(gate, api_key, model, plan)
             load = await run_closed_loop(bench.request, plan.gate_requests, concurrency)
             latencies = [r.latency_s for r in load.requests if r.error is None]
-            stages = {k: micros(v) for k, v in bench.stages.items()}
-            levels[f"c{concurrency}"] = summarize(load) | micros(latencies) | {"stages": stages}
-        levels["key_lookup_uncached"] = micros(await _key_lookup_s(gate, api_key, 200))
+            stages = {k: p50_p99(v, "us") for k, v in bench.stages.items()}
+            levels[f"c{concurrency}"] = summarize(load) | p50_p99(latencies, "us") | {"stages": stages}
+        levels["key_lookup_uncached"] = p50_p99(await _key_lookup_s(gate, api_key, 200), "us")
         return levels
     finally:
         await gate.close()

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from benchmarks._admission_gate import micros
-from benchmarks._common import Answer, fire
+from benchmarks._common import Answer, fire, p50_p99
 
 if TYPE_CHECKING:
     from benchmarks.admission import Plan
@@ -17,8 +16,7 @@ __all__ = ["overload", "sequential"]
 
 
 def _ms(answers: list[Answer]) -> dict[str, float | None]:
-    in_micros = micros([a.latency_s for a in answers])
-    return {k.replace("_us", "_ms"): None if v is None else v / 1000 for k, v in in_micros.items()}
+    return p50_p99([a.latency_s for a in answers], "ms")
 
 
 def sequential(answers: list[Answer]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ __all__ = [
     "http_client",
     "http_sender",
     "machine_info",
+    "p50_p99",
     "percentile",
     "post_completion",
     "quiet_logs",
@@ -99,6 +100,15 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def _maybe_percentile(values: Sequence[float], q: float) -> float | None:
     return percentile(values, q) if values else None
+
+
+_UNIT_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6}
+
+
+def p50_p99(seconds: Sequence[float], unit: Literal["s", "ms", "us"]) -> dict[str, float | None]:
+    """`{"p50_<unit>": …, "p99_<unit>": …}` of durations given in seconds; None for no samples."""
+    scale = _UNIT_PER_SECOND[unit]
+    return {f"p{q}_{unit}": None if not seconds else percentile(seconds, q) * scale for q in (50, 99)}
 
 
 def summarize(load: LoadResult) -> dict[str, Any]:

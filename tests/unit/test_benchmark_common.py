@@ -154,3 +154,11 @@ def test_format_table_without_rows_shows_the_headers() -> None:
     from benchmarks._common import format_table
 
     assert format_table(["a", "bb"], []).splitlines()[0].split() == ["a", "bb"]
+
+
+def test_p50_p99_scales_seconds_to_the_unit_and_names_keys_after_it() -> None:
+    from benchmarks._common import p50_p99
+
+    assert p50_p99([0.001] * 10, "us") == {"p50_us": pytest.approx(1000.0), "p99_us": pytest.approx(1000.0)}
+    assert p50_p99([0.002] * 10, "ms") == {"p50_ms": pytest.approx(2.0), "p99_ms": pytest.approx(2.0)}
+    assert p50_p99([], "ms") == {"p50_ms": None, "p99_ms": None}
