@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from cluster.config import AdmissionConfig
 from deployments.admission.store import ApiKey, KeyNameTakenError, KeyStore, open_store
-from deployments.admission.tiers import AdmissionConfig
 
 __all__ = ["DEV_KEY_NAME", "DEV_KEY_TIER", "admission_config", "default_dsn", "ensure_dev_key", "main"]
 

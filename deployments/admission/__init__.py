@@ -1,5 +1,6 @@
 """Admission: API keys and tiers, rate limits and quotas, priority, shedding, the response cache."""
 
+from cluster.config import AdmissionConfig, CacheConfig, ShedConfig, TierConfig
 from deployments.admission.cache import ResponseCache, cache_key, is_deterministic
 from deployments.admission.decisions import (
     LimitSnapshot,
@@ -21,7 +22,6 @@ from deployments.admission.store import (
     Usage,
     open_store,
 )
-from deployments.admission.tiers import AdmissionConfig, CacheConfig, ShedConfig, TierConfig
 
 __all__ = [
     "AdmissionConfig",

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from fnmatch import fnmatchcase
 from typing import Literal
 
-from deployments.admission.tiers import ShedConfig, TierConfig
+from cluster.config import ShedConfig, TierConfig
 
 __all__ = [
     "DAY_S",

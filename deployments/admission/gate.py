@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cluster.config import AdmissionConfig, TierConfig
 from deployments.admission.cache import ResponseCache, cache_key
 from deployments.admission.decisions import (
     Rejection,
@@ -21,7 +22,6 @@ from deployments.admission.decisions import (
     shed_decision,
 )
 from deployments.admission.store import ApiKey, KeyStore, hash_key, open_store
-from deployments.admission.tiers import AdmissionConfig, TierConfig
 from deployments.engines.base import ChatPrompt, Prompt, SamplingSpec, TextPrompt
 from deployments.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from cluster.config import PROJECT_ROOT, TierConfig
 from deployments.admission.decisions import (
     MINUTE_S,
     Rejection,
@@ -29,7 +30,6 @@ from deployments.admission.decisions import (
     rate_limit_decision,
     window_start,
 )
-from deployments.admission.tiers import PROJECT_ROOT, TierConfig
 
 __all__ = [
     "KEY_PREFIX",

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from cluster.config import TierConfig
 from deployments.admission.decisions import Rejection, Reservation, day_of
 from deployments.admission.store import (
     KEY_PREFIX,
@@ -25,7 +26,6 @@ from deployments.admission.store import (
     open_store,
     sqlite_path,
 )
-from deployments.admission.tiers import TierConfig
 from tests.pg_server import postgres_server
 
 # 20 s into a minute; every test charges within this one minute unless it moves on.

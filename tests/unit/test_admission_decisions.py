@@ -7,6 +7,7 @@ from datetime import date
 import pytest
 from pydantic import ValidationError
 
+from cluster.config import AdmissionConfig, ShedConfig, TierConfig
 from deployments.admission.decisions import (
     LimitSnapshot,
     Rejection,
@@ -23,7 +24,6 @@ from deployments.admission.decisions import (
     shed_decision,
     window_start,
 )
-from deployments.admission.tiers import AdmissionConfig, ShedConfig, TierConfig
 
 # 2023-11-14 22:13:20 UTC, 20 s into its minute; 6400 s before UTC midnight.
 NOW = 1_700_000_000.0

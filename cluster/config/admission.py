@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DEFAULT_KEY_STORE_DSN",
-    "PROJECT_ROOT",
     "AdmissionConfig",
     "CacheConfig",
     "ShedConfig",
@@ -17,8 +15,6 @@ __all__ = [
     "default_tiers",
 ]
 
-# The project root is the parent directory of cluster/ (and of deployments/).
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KEY_STORE_DSN = "sqlite:///.cache/surge-keys.db"
 _PRIORITIES = range(1, 6)
 _TIER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"

@@ -14,11 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from deployments.admission.tiers import AdmissionConfig
+from cluster.config.admission import AdmissionConfig
+from cluster.config.paths import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 
 __all__ = [
-    "DEFAULT_CONFIG_PATH",
-    "AdmissionConfig",
     "BatchConfig",
     "ConfigError",
     "IngressConfig",
@@ -32,8 +31,6 @@ __all__ = [
     "load_config",
 ]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "local.yaml"
 _NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 

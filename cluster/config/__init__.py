@@ -1,0 +1,48 @@
+"""The one typed surge configuration: inert pydantic models, the bottom layer (imports nothing of surge's
+other packages). `surge.py` holds the whole config and the loader, `admission.py` the tiers, key store,
+cache and shedding settings."""
+
+from cluster.config.admission import (
+    DEFAULT_KEY_STORE_DSN,
+    AdmissionConfig,
+    CacheConfig,
+    ShedConfig,
+    TierConfig,
+    default_tiers,
+)
+from cluster.config.paths import DEFAULT_CONFIG_PATH, PROJECT_ROOT
+from cluster.config.surge import (
+    BatchConfig,
+    ConfigError,
+    IngressConfig,
+    LocalNodesConfig,
+    PoolConfig,
+    RayConfig,
+    RouteConfig,
+    RoutingConfig,
+    ServerConfig,
+    SurgeConfig,
+    load_config,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_KEY_STORE_DSN",
+    "PROJECT_ROOT",
+    "AdmissionConfig",
+    "BatchConfig",
+    "CacheConfig",
+    "ConfigError",
+    "IngressConfig",
+    "LocalNodesConfig",
+    "PoolConfig",
+    "RayConfig",
+    "RouteConfig",
+    "RoutingConfig",
+    "ServerConfig",
+    "ShedConfig",
+    "SurgeConfig",
+    "TierConfig",
+    "default_tiers",
+    "load_config",
+]
