@@ -120,7 +120,7 @@ class RequestPipeline:
         request = GenerationRequest(request_id, work.prompt, sampling, priority, prefix_key(work.prompt))
         version = f"{route.model}:{sorted(route.pools.items())}:{work.kind}"
         key = gate.cache_key(tenant, version, work.prompt, sampling)
-        shape = ResponseShape(work.kind, request_id, body.model, int(time.time()))
+        shape = ResponseShape(work.kind, request_id, body.model, int(time.time()), body.continuous_usage)
         return _Admitted(route, primary, request, shape, reservation, key)
 
     async def _complete(self, admitted: _Admitted) -> tuple[dict[str, Any], dict[str, str]]:
@@ -194,8 +194,8 @@ async def _started(events: AsyncIterator[str]) -> AsyncIterator[str]:
 
 async def _replay(chunk: GenerationChunk, shape: ResponseShape, include_usage: bool) -> AsyncIterator[str]:
     """A cached completion as a stream: one delta, the finish, usage if asked, [DONE]."""
-    yield sse(shape.delta(chunk.text, None, first=True))
-    yield sse(shape.delta("", chunk.finish_reason))
+    yield sse(shape.delta(chunk.text, None, first=True, usage=chunk))
+    yield sse(shape.delta("", chunk.finish_reason, usage=chunk))
     if include_usage:
         yield sse(shape.usage_chunk(chunk))
     yield sse("[DONE]")
@@ -213,11 +213,11 @@ async def _sse_events(
     pieces = [chunk.text]
     ok: bool | None = None  # a client that leaves says nothing about the pool's health
     try:
-        yield sse(shape.delta(chunk.text, chunk.finish_reason, first=True))
+        yield sse(shape.delta(chunk.text, chunk.finish_reason, first=True, usage=chunk))
         while chunk.finish_reason is None:
             chunk = await stream.__anext__()
             pieces.append(chunk.text)
-            yield sse(shape.delta(chunk.text, chunk.finish_reason))
+            yield sse(shape.delta(chunk.text, chunk.finish_reason, usage=chunk))
         if include_usage:
             yield sse(shape.usage_chunk(chunk))
         ok = True

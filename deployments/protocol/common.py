@@ -16,6 +16,8 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     include_usage: bool = False
+    # vLLM extra: usage (cumulative completion_tokens) on every chunk, so clients count tokens per chunk.
+    continuous_usage_stats: bool = False
 
 
 class Usage(BaseModel):
@@ -70,6 +72,11 @@ class SamplingFields(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage on every chunk; like vLLM, only together with `include_usage`."""
+        return self.include_usage and bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens

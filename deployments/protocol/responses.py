@@ -32,6 +32,7 @@ class ResponseShape:
     response_id: str
     model: str
     created: int
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats: usage on every delta
 
     def _envelope(self, stream: bool) -> dict[str, Any]:
         obj = {
@@ -51,13 +52,18 @@ class ResponseShape:
             choice["text"] = text
         return {**self._envelope(False), "choices": [choice], "usage": _usage(final)}
 
-    def delta(self, text: str, finish_reason: str | None = None, first: bool = False) -> dict[str, Any]:
-        """One streamed chunk carrying new text (and, at the end, the finish reason)."""
+    def delta(
+        self, text: str, finish_reason: str | None = None, first: bool = False, usage: GenerationChunk | None = None
+    ) -> dict[str, Any]:
+        """One streamed chunk carrying new text (and, at the end, the finish reason); with continuous usage,
+        the counts so far from `usage`."""
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
         if self.kind == "chat":
             choice["delta"] = {"role": "assistant", "content": text} if first else {"content": text}
         else:
             choice["text"] = text
+        if self.continuous_usage and usage is not None:
+            return {**self._envelope(True), "choices": [choice], "usage": _usage(usage)}
         return {**self._envelope(True), "choices": [choice]}
 
     def usage_chunk(self, final: GenerationChunk) -> dict[str, Any]:
