@@ -10,6 +10,7 @@ from cluster.config.admission import (
     TierConfig,
     default_tiers,
 )
+from cluster.config.identity import ASYMMETRIC_ALGORITHMS, IssuerConfig, NotifyConfig, SmtpConfig, TokenConfig
 from cluster.config.paths import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 from cluster.config.surge import (
     BatchConfig,
@@ -26,6 +27,7 @@ from cluster.config.surge import (
 )
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_KEY_STORE_DSN",
     "PROJECT_ROOT",
@@ -34,15 +36,21 @@ __all__ = [
     "CacheConfig",
     "ConfigError",
     "IngressConfig",
+    "IssuerConfig",
     "LocalNodesConfig",
+    "MetricsConfig",
+    "NotifyConfig",
     "PoolConfig",
     "RayConfig",
     "RouteConfig",
     "RoutingConfig",
     "ServerConfig",
     "ShedConfig",
+    "SmtpConfig",
     "SurgeConfig",
     "TierConfig",
+    "TokenConfig",
+    "TracingConfig",
     "default_tiers",
     "load_config",
 ]

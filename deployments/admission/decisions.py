@@ -12,6 +12,7 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from cluster.config import ShedConfig, TierConfig
+from deployments.admission.quotas import QUOTA_KINDS, PeriodUsage, QuotaState, quota_headers, tier_quotas
 
 __all__ = [
     "DAY_S",
@@ -42,7 +43,7 @@ MINUTE_S = 60
 DAY_S = 86_400
 LOWEST_PRIORITY = 5
 
-LimitKind = Literal["requests", "tokens", "daily_tokens"]
+LimitKind = Literal["requests", "tokens", "daily_tokens", "daily_requests", "monthly_requests", "monthly_tokens"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +74,29 @@ class LimitSnapshot:
     reset_s: int  # both minute windows reset together
     daily_token_quota: int
     daily_tokens_used: int
+    # Every configured call/token quota per day and month, after this request's charge.
+    quotas: tuple[QuotaState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class WindowUsage:
-    """What a key has used in the current minute window and the current UTC day."""
+    """What a key has used in the current minute window, the current UTC day and month."""
 
     minute_requests: int = 0
     minute_tokens: int = 0
     day_tokens: int = 0
+    day_requests: int = 0
+    month_requests: int = 0
+    month_tokens: int = 0
+
+    def periods(self) -> PeriodUsage:
+        return PeriodUsage(self.day_requests, self.day_tokens, self.month_requests, self.month_tokens)
+
+    def charged(self, requests: int, tokens: int) -> WindowUsage:
+        return WindowUsage(
+            self.minute_requests + requests, self.minute_tokens + tokens, self.day_tokens + tokens,
+            self.day_requests + requests, self.month_requests + requests, self.month_tokens + tokens,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +120,8 @@ class Reservation:
     requests: int
     tokens: int
     snapshot: LimitSnapshot
+    # Quotas that reached the warning fraction with this charge and were not yet warned about this period.
+    warnings: tuple[QuotaState, ...] = ()
 
     def headers(self, warning_fraction: float = 0.8) -> dict[str, str]:
         """The X-RateLimit-* (and X-Quota-Warning) headers for the response."""
@@ -123,9 +140,11 @@ class Rejection:
 
     def headers(self, warning_fraction: float = 0.8) -> dict[str, str]:
         """Retry-After plus the X-RateLimit-* headers for the 429 response."""
+        exceeded = {"X-Quota-Exceeded": self.limit} if self.limit in QUOTA_KINDS else {}
         return {
             "Retry-After": str(self.retry_after_s),
             **rate_limit_headers(self.snapshot, warning_fraction=warning_fraction),
+            **exceeded,
         }
 
 
@@ -182,10 +201,13 @@ def day_of(now: float) -> date:
 def rate_limit_decision(
     used: WindowUsage, *, now: float, requests: int, tokens: int, tier: TierConfig
 ) -> LimitDecision:
-    """Whether charging `requests` and `tokens` keeps rpm, tpm and the daily quota within the tier."""
-    reset_min, reset_day = reset_seconds(now, MINUTE_S), reset_seconds(now, DAY_S)
+    """Whether charging `requests` and `tokens` keeps rpm, tpm and every day and month quota within the tier."""
+    reset_min = reset_seconds(now, MINUTE_S)
     checks: list[tuple[LimitKind, str, int, int, int, int]] = [
-        ("daily_tokens", "daily token quota", used.day_tokens, tokens, tier.daily_token_quota, reset_day),
+        (q.kind, q.label, q.used, requests if q.unit == "requests" else tokens, q.limit, q.reset_s)
+        for q in tier_quotas(tier, used.periods(), now)
+    ]
+    checks += [
         ("tokens", "tokens per minute", used.minute_tokens, tokens, tier.tpm, reset_min),
         ("requests", "requests per minute", used.minute_requests, requests, tier.rpm, reset_min),
     ]
@@ -197,9 +219,9 @@ def rate_limit_decision(
     if failures:
         # The limit that keeps the request out longest is the one worth reporting.
         retry_after_s, limit, reason = max(failures, key=lambda failure: failure[0])
-        return LimitDecision(False, limit, retry_after_s, reason, _snapshot(used, tier, reset_min))
-    charged = WindowUsage(used.minute_requests + requests, used.minute_tokens + tokens, used.day_tokens + tokens)
-    return LimitDecision(True, None, 0, "within limits", _snapshot(charged, tier, reset_min))
+        return LimitDecision(False, limit, retry_after_s, reason, _snapshot(used, tier, reset_min, now))
+    charged = used.charged(requests, tokens)
+    return LimitDecision(True, None, 0, "within limits", _snapshot(charged, tier, reset_min, now))
 
 
 def _over(what: str, used: int, asked: int, limit: int) -> str:
@@ -207,7 +229,7 @@ def _over(what: str, used: int, asked: int, limit: int) -> str:
     return f"{what} exceeded: {used} used + {asked} asked > {limit}{never}"
 
 
-def _snapshot(used: WindowUsage, tier: TierConfig, reset_s: int) -> LimitSnapshot:
+def _snapshot(used: WindowUsage, tier: TierConfig, reset_s: int, now: float) -> LimitSnapshot:
     return LimitSnapshot(
         limit_requests=tier.rpm,
         remaining_requests=max(0, tier.rpm - used.minute_requests),
@@ -216,6 +238,7 @@ def _snapshot(used: WindowUsage, tier: TierConfig, reset_s: int) -> LimitSnapsho
         reset_s=reset_s,
         daily_token_quota=tier.daily_token_quota,
         daily_tokens_used=used.day_tokens,
+        quotas=tuple(tier_quotas(tier, used.periods(), now)),
     )
 
 
@@ -252,6 +275,7 @@ def rate_limit_headers(limits: LimitSnapshot, *, warning_fraction: float = 0.8) 
         "X-RateLimit-Remaining-Tokens": str(limits.remaining_tokens),
         "X-RateLimit-Reset-Requests": reset,
         "X-RateLimit-Reset-Tokens": reset,
+        **quota_headers(limits.quotas),
     }
     warning = quota_warning(limits, warning_fraction)
     if warning is not None:
