@@ -46,24 +46,29 @@ class ArrivalProcess:
 
 
 def generate_arrivals(
-    rate: RateFn, duration_s: float, process: ArrivalProcess, seed: int = 0, step_s: float = 1.0
+    rate: RateFn, duration_s: float, process: ArrivalProcess, seed: int = 0, step_s: float = 0.25
 ) -> list[float]:
     """Arrival times in [0, duration_s) of a process whose rate follows `rate(t)`.
 
-    Gaps are drawn at the rate of the current `step_s` slot; a gap that crosses into the next slot is redrawn
-    there (memoryless for Poisson), so a flash sale starts on time rather than after the last slow gap."""
+    Time rescaling: gaps are drawn at unit rate in "expected arrivals" time and mapped back through the
+    cumulative rate (piecewise constant over `step_s` slots), so a gamma process keeps its burstiness and its
+    mean rate while the rate changes, and a flash sale starts on time."""
     rng = random.Random(seed)
+    slots = math.ceil(duration_s / step_s)
+    rates = [max(rate((k + 0.5) * step_s), 0.0) for k in range(slots)]
     times: list[float] = []
-    t = 0.0
-    while t < duration_s:
-        slot_end = (math.floor(t / step_s) + 1) * step_s
-        gap = process.gap_s(rate(t), rng)
-        if t + gap >= slot_end:
-            t = slot_end
+    k, slot_start_u, u = 0, 0.0, process.gap_s(1.0, rng)
+    while k < slots:
+        slot_u = rates[k] * step_s
+        if u >= slot_start_u + slot_u:
+            slot_start_u += slot_u
+            k += 1
             continue
-        t += gap
-        if t < duration_s:
-            times.append(t)
+        t = k * step_s + (u - slot_start_u) / rates[k]
+        if t >= duration_s:
+            break
+        times.append(t)
+        u += process.gap_s(1.0, rng)
     return times
 
 

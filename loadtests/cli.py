@@ -71,7 +71,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     """The run's spec, checked before Locust starts: every problem here is a usage error."""
     from pydantic import ValidationError
 
-    from loadtests.shapes import load_trace
+    from loadtests.profiles import load_trace
     from loadtests.slo import load_slo
 
     if not args.host.startswith(("http://", "https://")):
