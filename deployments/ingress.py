@@ -83,6 +83,18 @@ class Ingress:
         pools = {s["pool"]: s for s in stats}
         return JSONResponse({"status": "ready", "pools": pools, "routing": self._routes.debug_state()})
 
+    @app.post("/oauth/token")
+    async def oauth_token(self, request: Request) -> JSONResponse:
+        """OAuth 2.0 client credentials (RFC 6749 §4.4): a form body in, a signed access token out."""
+        reply = await self._gate.identity.issue(
+            request.headers.get("content-type"), request.headers.get("authorization"), await request.body()
+        )
+        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+    @app.get("/.well-known/jwks.json")
+    async def jwks(self) -> dict[str, Any]:
+        return self._gate.identity.jwks()
+
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         await self._gate.authenticate(request.headers.get("authorization"))
