@@ -124,7 +124,7 @@ class RequestPipeline:
         return _Admitted(route, primary, request, shape, reservation, key)
 
     async def _complete(self, admitted: _Admitted) -> tuple[dict[str, Any], dict[str, str]]:
-        chunk, headers = self._cached(admitted)
+        chunk, headers = await self._cached(admitted)
         if chunk is None:
             dispatched = await self._dispatcher.complete(admitted.route, admitted.request)
             chunk, headers = dispatched.chunk, {**headers, **dispatched.headers()}
@@ -133,7 +133,7 @@ class RequestPipeline:
         return admitted.shape.full(chunk, chunk.text), {**headers, **self._gate.headers(admitted.reservation)}
 
     async def _stream(self, admitted: _Admitted, include_usage: bool) -> StreamingResponse:
-        chunk, headers = self._cached(admitted)
+        chunk, headers = await self._cached(admitted)
         if chunk is not None:
             self._settle_later(admitted.reservation, 0)
             self._routes.release(admitted.primary)
@@ -153,10 +153,10 @@ class RequestPipeline:
         all_headers = {"Cache-Control": "no-cache", **headers, **self._gate.headers(admitted.reservation)}
         return StreamingResponse(events, media_type="text/event-stream", headers=all_headers)
 
-    def _cached(self, admitted: _Admitted) -> tuple[GenerationChunk | None, dict[str, str]]:
+    async def _cached(self, admitted: _Admitted) -> tuple[GenerationChunk | None, dict[str, str]]:
         if admitted.cache_key is None:
             return None, {}
-        hit = self._gate.cache.get(admitted.cache_key)
+        hit = await self._gate.responses.get(admitted.cache_key)
         if hit is None:
             return None, {"X-Cache": "miss"}
         chunk, headers = hit
@@ -164,7 +164,7 @@ class RequestPipeline:
 
     def _remember(self, admitted: _Admitted, chunk: GenerationChunk, headers: dict[str, str]) -> None:
         if admitted.cache_key is not None and chunk.finish_reason in {"stop", "length"}:
-            self._gate.cache.put(admitted.cache_key, (chunk, {k: v for k, v in headers.items() if k != "X-Cache"}))
+            self._gate.responses.put(admitted.cache_key, (chunk, {k: v for k, v in headers.items() if k != "X-Cache"}))
 
     def _settle_later(self, reservation: Reservation | None, actual_tokens: int) -> None:
         """Accounting must survive a client that leaves, so it runs as its own task."""

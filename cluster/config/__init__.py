@@ -10,6 +10,7 @@ from cluster.config.admission import (
     TierConfig,
     default_tiers,
 )
+from cluster.config.batch import BatchApiConfig, BatchRunnerConfig
 from cluster.config.identity import ASYMMETRIC_ALGORITHMS, IssuerConfig, NotifyConfig, SmtpConfig, TokenConfig
 from cluster.config.paths import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 from cluster.config.surge import (
@@ -32,7 +33,9 @@ __all__ = [
     "DEFAULT_KEY_STORE_DSN",
     "PROJECT_ROOT",
     "AdmissionConfig",
+    "BatchApiConfig",
     "BatchConfig",
+    "BatchRunnerConfig",
     "CacheConfig",
     "ConfigError",
     "IngressConfig",

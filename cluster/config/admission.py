@@ -58,11 +58,21 @@ class TierConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """The in-process response cache for deterministic requests."""
+    """The response cache for deterministic requests: in-process (L1), and in Redis (L2) when redis_url is set."""
 
     enabled: bool = True
     ttl_s: float = Field(default=300.0, gt=0)
     max_entries: int = Field(default=10_000, ge=1)
+    # redis://host:port/db (or rediss://): an L2 shared by every ingress replica; None is L1 only.
+    redis_url: str | None = Field(default=None, pattern=r"^rediss?://")
+    # Entries the L2 keeps (the oldest go first) and the largest value it stores.
+    redis_max_entries: int = Field(default=100_000, ge=1)
+    redis_max_value_bytes: int = Field(default=1 << 20, ge=1)
+    # One Redis call's limit: past it the lookup is a miss, and a Redis that fails is left alone this long.
+    redis_timeout_s: float = Field(default=0.05, gt=0)
+    redis_retry_after_s: float = Field(default=5.0, ge=0)
+    # Namespace of surge's keys in a shared Redis.
+    redis_prefix: str = "surge:cache:"
     # Entries the L2 keeps (the oldest go first) and the largest value it stores.
     # One Redis call's limit: past it the lookup is a miss, and a Redis that fails is left alone this long.
     # Namespace of surge's keys in a shared Redis.

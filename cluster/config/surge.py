@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cluster.config.admission import AdmissionConfig
+from cluster.config.batch import BatchApiConfig
 from cluster.config.paths import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 
 __all__ = [
@@ -198,6 +199,7 @@ class SurgeConfig(BaseSettings):
     ray: RayConfig = RayConfig()
     routing: RoutingConfig = RoutingConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    batch: BatchApiConfig = BatchApiConfig()
     pools: list[PoolConfig] = Field(min_length=1)
 
     @classmethod

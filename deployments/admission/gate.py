@@ -24,6 +24,7 @@ from deployments.admission.decisions import (
 )
 from deployments.admission.identity import Identity, Principal
 from deployments.admission.notify import Destination, Notifier
+from deployments.admission.shared_cache import RedisCache, TieredCache
 from deployments.admission.store import ApiKey, KeyStore, hash_key, open_store
 from deployments.admission.tokens import looks_like_jwt
 from deployments.engines.base import ChatPrompt, Prompt, SamplingSpec, TextPrompt
@@ -81,6 +82,8 @@ class AdmissionGate:
         self._store_lock = asyncio.Lock()
         self._keys: dict[str, tuple[float, ApiKey | None]] = {}
         self.cache: ResponseCache[Any] = ResponseCache(config.cache.ttl_s, config.cache.max_entries)
+        # `cache` is L1; `responses` puts the Redis L2 behind it when cache.redis_url is set.
+        self.responses = TieredCache(self.cache, RedisCache(config.cache) if config.cache.redis_url else None)
         self.identity = Identity(config, self.store)
         self.notifier = Notifier(config.notify)
 
@@ -191,6 +194,7 @@ class AdmissionGate:
         return cache_key(tenant.name, model_version, material, params)
 
     async def close(self) -> None:
+        await self.responses.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.notifier.drain(), _NOTIFY_DRAIN_S)
         if self._store is not None:
