@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.config import SurgeConfig
 from deployments.admission.gate import AdmissionGate
+from deployments.batch import routes as batch_routes
 from deployments.dispatch import Dispatcher
 from deployments.errors import BadRequest, SurgeError, error_body
 from deployments.failures import validation_error
@@ -27,6 +28,8 @@ __all__ = ["Ingress", "app"]
 
 logger = logging.getLogger("surge.ingress")
 app = FastAPI(title="surge", description="OpenAI-compatible LLM serving on Ray Serve + vLLM")
+# OpenAI's Batch API (/v1/files, /v1/batches); its routes and logic live in deployments/batch/.
+app.include_router(batch_routes.router)
 
 
 @app.exception_handler(SurgeError)
@@ -53,10 +56,17 @@ class BatchChatRequest(BaseModel):
 class Ingress:
     """Parses and validates OpenAI requests; the pipeline admits, routes and answers them."""
 
-    def __init__(self, config: SurgeConfig, handles: dict[str, DeploymentHandle], router: DeploymentHandle) -> None:
+    def __init__(
+        self,
+        config: SurgeConfig,
+        handles: dict[str, DeploymentHandle],
+        router: DeploymentHandle,
+        batch_runner: DeploymentHandle | None = None,  # bound so Serve deploys it; the ingress never calls it
+    ) -> None:
         self._handles = handles
         self._max_batch_items = config.ingress.max_batch_items
         self._gate = AdmissionGate(config.admission)
+        batch_routes.install(config, self._gate)
         routes = RouteClient(router, config.route_table(), config.routing)
         dispatcher = Dispatcher(
             handles, routes, config.routing, config.server.request_timeout_s, config.ingress.batching
