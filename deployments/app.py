@@ -15,7 +15,6 @@ from cluster.config.mapping import config_from_mapping
 from cluster.env import engine_env
 from cluster.placement import Platform, detect_platform, plan_placement
 from deployments.batch.runner import BatchRunner
-from deployments.batch.runner import BatchRunner
 from deployments.ingress import Ingress
 from deployments.model_replica import EngineFactory, ModelReplica, vllm_engine
 from deployments.pool_capacity import PoolSize
