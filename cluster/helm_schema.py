@@ -121,7 +121,8 @@ def _chart_properties() -> dict[str, Any]:
                 "resources": _resources(),
             }
         ),
-        "upgradeStrategy": _obj({"type": {"enum": ["NewCluster", "NewClusterWithIncrementalUpgrade", "None"]}}),
+        # NewClusterWithIncrementalUpgrade needs Gateway API options the chart does not render.
+        "upgradeStrategy": _obj({"type": {"enum": ["NewCluster", "None"]}}),
         "rayClusterDeletionDelaySeconds": _int(0),
         "service": _obj(
             {"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "port": port, "annotations": _OBJECT}
