@@ -83,7 +83,7 @@ class CustomerUser(HttpUser):
             messages = self.dialogue.sized_messages(arrival.prompt_tokens)
             max_tokens, ignore_eos = arrival.max_tokens or self._spec.max_tokens, True
         else:
-            if self.dialogue is None or self.dialogue.done:
+            if self.dialogue is None or self.dialogue.done or self.dialogue.turn >= (self._spec.max_turns or 99):
                 self._new_dialogue()
             assert self.dialogue is not None
             messages, max_tokens, ignore_eos = self.dialogue.next_messages(), self._spec.max_tokens, False
