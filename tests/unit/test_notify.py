@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from cluster.config import NotifyConfig
+from cluster.config import NotifyConfig, SmtpConfig
 from deployments.admission.notify import Destination, Notifier, signature_header, verify_signature
 from deployments.admission.quotas import QuotaState
 
@@ -132,3 +132,56 @@ def test_a_signature_checks_secret_body_and_age() -> None:
     assert not verify_signature(SECRET, header, b'{"a":2}', now=now)
     assert not verify_signature(SECRET, header, body, now=now + 301)
     assert not verify_signature(SECRET, "garbage", body, now=now)
+
+
+class SmtpSink:
+    """A minimal local SMTP server (EHLO, MAIL, RCPT, DATA, QUIT) that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 sink ready\r\n")
+        recipient, in_data = "", False
+        lines: list[str] = []
+        while line := await reader.readline():
+            text = line.decode().rstrip("\r\n")
+            if in_data:
+                if text == ".":
+                    self.messages.append((recipient, "\n".join(lines)))
+                    in_data, lines = False, []
+                    writer.write(b"250 queued\r\n")
+                else:
+                    lines.append(text)
+                continue
+            verb = text.split(" ", 1)[0].upper()
+            if verb == "RCPT":
+                recipient = text.split(":", 1)[1].strip(" <>")
+            if verb == "DATA":
+                in_data = True
+                writer.write(b"354 go ahead\r\n")
+            elif verb == "QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+
+async def test_with_smtp_configured_a_warning_is_also_e_mailed(monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = SmtpSink()
+    server = await asyncio.start_server(sink.session, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        smtp = SmtpConfig(host="127.0.0.1", port=port, sender="surge@example.test")
+        sender = notifier(monkeypatch, smtp=smtp)
+        sender.warn(Destination("client_1", "free", email="ops@acme.test"), QUOTA, 0.8)
+        await sender.drain()
+    finally:
+        server.close()
+        await server.wait_closed()
+    ((to, message),) = sink.messages
+    assert to == "ops@acme.test"
+    assert "Subject: surge: 80% of your daily requests quota used" in message
+    assert "400 of 500" in message
