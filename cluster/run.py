@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from cluster.config import PROJECT_ROOT, ConfigError, SurgeConfig, load_config
-from cluster.serving import serving
+from cluster.serving import metrics_url, serving
 
 __all__ = ["main"]
 
@@ -28,8 +28,16 @@ def _banner(url: str, config: SurgeConfig, key_line: str) -> str:
         f"{key_line}"
         f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
         f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n"
+        f"{_metrics_line(config)}"
         "Press Ctrl-C to stop.\n"
     )
+
+
+def _metrics_line(config: SurgeConfig) -> str:
+    url = metrics_url(config)
+    if not config.observability.metrics.enabled or url is None:
+        return ""
+    return f"Prometheus metrics (surge's ray_surge_*, vLLM's ray_vllm_*, Ray's own): {url}\n"
 
 
 def _dev_key(dsn: str) -> str:

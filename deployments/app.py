@@ -17,6 +17,7 @@ from cluster.placement import Platform, detect_platform, plan_placement
 from deployments.batch.runner import BatchRunner
 from deployments.ingress import Ingress
 from deployments.model_replica import EngineFactory, ModelReplica, vllm_engine
+from deployments.observability import observability_env
 from deployments.pool_capacity import PoolSize
 from deployments.pool_scaling import serve_autoscaling_config
 from deployments.traffic_router import TrafficRouter
@@ -68,8 +69,9 @@ def _pool_sizes(config: SurgeConfig) -> dict[str, PoolSize]:
     }
 
 
-def _pool_app(pool: PoolConfig, engine_factory: EngineFactory, platform: Platform) -> Application:
+def _pool_app(pool: PoolConfig, engine_factory: EngineFactory, platform: Platform, env: dict[str, str]) -> Application:
     options, placed = pool_options(pool, platform)
+    options["ray_actor_options"]["runtime_env"]["env_vars"].update(env)  # observability settings for replicas
     deployment = serve.deployment(
         name=pool_deployment_name(pool),
         **_replica_count(pool),
@@ -88,7 +90,8 @@ def build_app(
 ) -> Application:
     """The ingress, the traffic router, and one replica pool per configured model."""
     platform = platform or _platform()
-    handles = {pool.name: _pool_app(pool, engine_factory, platform) for pool in config.pools}
+    obs_env = observability_env(config.observability)
+    handles = {pool.name: _pool_app(pool, engine_factory, platform, obs_env) for pool in config.pools}
     router = serve.deployment(name="traffic-router", num_replicas=1, ray_actor_options=_ON_HEAD_NODE, **_QUIET)(
         TrafficRouter
     ).bind(config.routing, config.route_table(), config.server.request_timeout_s, _pool_sizes(config))

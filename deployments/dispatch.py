@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from cluster.config import BatchConfig, RouteConfig, RoutingConfig
+from deployments import observability
 from deployments.engines.base import GenerationBatch, GenerationChunk, GenerationRequest
 from deployments.errors import DeadlineExceeded, ServiceUnavailable, SurgeError
 from deployments.failures import as_surge_error
@@ -109,6 +110,7 @@ class Dispatcher:
             # A retry forgets prefix affinity: the preferred replica may be the one that just failed (a lost node
             # is declared dead seconds after its calls stop answering).
             this_try = request if attempt == 1 else replace(request, routing_key=None)
+            this_try = observability.dispatching(this_try, decision, attempt)
             try:
                 chunk = await self._one_attempt(decision.pool, call, this_try, cancel, deadline)
                 return Dispatched(decision, chunk)

@@ -15,6 +15,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import SurgeConfig
+from deployments import observability
 from deployments.admission.gate import AdmissionGate
 from deployments.batch import routes as batch_routes
 from deployments.dispatch import Dispatcher
@@ -28,6 +29,7 @@ __all__ = ["Ingress", "app"]
 
 logger = logging.getLogger("surge.ingress")
 app = FastAPI(title="surge", description="OpenAI-compatible LLM serving on Ray Serve + vLLM")
+observability.install(app)
 # OpenAI's Batch API (/v1/files, /v1/batches); its routes and logic live in deployments/batch/.
 app.include_router(batch_routes.router)
 
@@ -73,6 +75,7 @@ class Ingress:
         )
         self._pipeline = RequestPipeline(self._gate, routes, dispatcher)
         self._routes = routes
+        observability.configure_ingress(config.observability, [p.name for p in config.pools], routes.debug_state)
         self._model_roots = {
             model: config.pool(route.primary).model_id for model, route in config.route_table().items()
         }

@@ -10,6 +10,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from cluster.config import PoolConfig
+from deployments import observability
 from deployments.engines.base import (
     Engine,
     GenerationBatch,
@@ -94,12 +95,14 @@ class ModelReplica:
         token_ids, sampling = self._prepare(request)
         finished = False
         replica_id = self._replica_id
+        span = observability.replica_span(self._pool.name, request)
         try:
             async for chunk in self._engine.generate(request.request_id, token_ids, sampling, request.priority):
                 finished = chunk.finish_reason is not None
                 yield replace(chunk, replica_id=replica_id) if replica_id else chunk
                 replica_id = ""
         finally:
+            observability.end_span(span)
             if not finished:
                 self._aborted += 1
                 await self._engine.abort(request.request_id)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from cluster.config import RouteConfig
+from deployments import observability
 from deployments.admission.decisions import Reservation
 from deployments.admission.gate import AdmissionGate, Tenant, prompt_token_bound
 from deployments.dispatch import Dispatched, Dispatcher
@@ -103,6 +104,7 @@ class RequestPipeline:
             raise ModelNotFound(f"The model '{body.model}' does not exist", param="model")
         gate.check_model(tenant, body.model)
         priority = gate.priority(tenant, body.priority)
+        observability.classified(tenant, route.model, route.primary, priority)
         sampling = body.sampling()
         cap = gate.max_tokens(tenant, sampling.max_tokens)
         if tenant.tier is not None:
@@ -129,6 +131,7 @@ class RequestPipeline:
             dispatched = await self._dispatcher.complete(admitted.route, admitted.request)
             chunk, headers = dispatched.chunk, {**headers, **dispatched.headers()}
             self._remember(admitted, chunk, headers)
+        observability.finished(chunk)
         self._settle_later(admitted.reservation, 0 if headers.get("X-Cache") == "hit" else _used(chunk))
         return admitted.shape.full(chunk, chunk.text), {**headers, **self._gate.headers(admitted.reservation)}
 
@@ -146,6 +149,7 @@ class RequestPipeline:
                 self._dispatcher.stream_ended(dispatched, ok)
                 self._routes.release(admitted.primary)
                 self._settle_later(admitted.reservation, _used(last))
+                observability.finished(last)
                 if ok:
                     self._remember(admitted, replace(last, text=text), headers)
 
@@ -157,6 +161,7 @@ class RequestPipeline:
         if admitted.cache_key is None:
             return None, {}
         hit = await self._gate.responses.get(admitted.cache_key)
+        observability.cache_lookup(hit is not None)
         if hit is None:
             return None, {"X-Cache": "miss"}
         chunk, headers = hit

@@ -12,6 +12,7 @@ from cluster.config.admission import (
 )
 from cluster.config.batch import BatchApiConfig, BatchRunnerConfig
 from cluster.config.identity import ASYMMETRIC_ALGORITHMS, IssuerConfig, NotifyConfig, SmtpConfig, TokenConfig
+from cluster.config.observability import MetricsConfig, ObservabilityConfig, TracingConfig
 from cluster.config.paths import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 from cluster.config.surge import (
     BatchConfig,
@@ -43,6 +44,7 @@ __all__ = [
     "LocalNodesConfig",
     "MetricsConfig",
     "NotifyConfig",
+    "ObservabilityConfig",
     "PoolConfig",
     "RayConfig",
     "RouteConfig",

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from cluster.config.admission import AdmissionConfig
 from cluster.config.batch import BatchApiConfig
+from cluster.config.observability import ObservabilityConfig
 from cluster.config.paths import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 
 __all__ = [
@@ -199,6 +200,7 @@ class SurgeConfig(BaseSettings):
     ray: RayConfig = RayConfig()
     routing: RoutingConfig = RoutingConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
     batch: BatchApiConfig = BatchApiConfig()
     pools: list[PoolConfig] = Field(min_length=1)
 
