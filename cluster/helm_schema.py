@@ -75,7 +75,11 @@ def _resources() -> dict[str, Any]:
 
 def _chart_properties() -> dict[str, Any]:
     """Every chart value outside `surge:` (values.yaml documents each)."""
-    port = _int(1, 65535)
+    return {**_pod_properties(), **_cluster_properties(), **_service_properties(), **_monitoring_properties()}
+
+
+def _pod_properties() -> dict[str, Any]:
+    """Names, the image and what every Ray pod shares."""
     return {
         "nameOverride": _string(),
         "fullnameOverride": _string(maxLength=40),
@@ -99,6 +103,12 @@ def _chart_properties() -> dict[str, Any]:
         "extraVolumes": _LIST,
         "extraVolumeMounts": _LIST,
         "shmSize": _K8S_QUANTITY,
+    }
+
+
+def _cluster_properties() -> dict[str, Any]:
+    """The head, the worker groups, autoscaling and upgrades."""
+    return {
         "head": _obj(
             {
                 "rayStartParams": {"type": "object"},
@@ -124,6 +134,14 @@ def _chart_properties() -> dict[str, Any]:
         # NewClusterWithIncrementalUpgrade needs Gateway API options the chart does not render.
         "upgradeStrategy": _obj({"type": {"enum": ["NewCluster", "None"]}}),
         "rayClusterDeletionDelaySeconds": _int(0),
+        "deploymentOverrides": {"type": "object", "additionalProperties": _OBJECT},
+    }
+
+
+def _service_properties() -> dict[str, Any]:
+    """How traffic reaches the pods: Service, Ingress, the key store's Secret, HAProxy, network policy."""
+    port = _int(1, 65535)
+    return {
         "service": _obj(
             {"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "port": port, "annotations": _OBJECT}
         ),
@@ -148,7 +166,16 @@ def _chart_properties() -> dict[str, Any]:
                 "exposeAdmin": {"type": "boolean"},
             }
         ),
-        "metrics": _obj({"port": port}),
+        "networkPolicy": _obj(
+            {"enabled": {"type": "boolean"}, "servingFrom": _LIST, "metricsFrom": _LIST, "operatorFrom": _LIST}
+        ),
+        "podDisruptionBudget": _obj({"enabled": {"type": "boolean"}, "maxUnavailable": _int(0)}),
+    }
+
+
+def _monitoring_properties() -> dict[str, Any]:
+    """The Prometheus Operator / Grafana objects (the metrics port is the surge config's)."""
+    return {
         "monitoring": _obj(
             {
                 "enabled": {"type": "boolean"},
@@ -158,11 +185,6 @@ def _chart_properties() -> dict[str, Any]:
                 "grafanaDashboard": _obj({"enabled": {"type": "boolean"}, "labels": _OBJECT}),
             }
         ),
-        "networkPolicy": _obj(
-            {"enabled": {"type": "boolean"}, "servingFrom": _LIST, "metricsFrom": _LIST, "operatorFrom": _LIST}
-        ),
-        "podDisruptionBudget": _obj({"enabled": {"type": "boolean"}, "maxUnavailable": _int(0)}),
-        "deploymentOverrides": {"type": "object", "additionalProperties": _OBJECT},
     }
 
 

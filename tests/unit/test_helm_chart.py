@@ -147,6 +147,20 @@ def test_haproxy_admin_listeners_are_exposed_only_when_asked() -> None:
         assert {"haproxy-stats", "haproxy-metrics"} <= {p["name"] for p in container["ports"]}
 
 
+def test_metrics_port_is_the_configs_export_port() -> None:
+    from tests.helm_render import objects, render
+
+    objs = objects(render({"surge": {"observability": {"metrics": {"export_port": 9090}}}}))
+    (service,) = _find(objs, "RayService")
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert group["rayStartParams"]["metrics-export-port"] == "9090"
+    for container in _containers(service):
+        assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    (policy,) = _find(objs, "NetworkPolicy")
+    assert any({"port": 9090, "protocol": "TCP"} in rule.get("ports", []) for rule in policy["spec"]["ingress"])
+
+
 def test_gpu_worker_groups_take_their_gpus_and_tp_pools_their_own_group() -> None:
     groups = {g["groupName"]: g for g in _rayservice("multi-pool-tp4")["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
     assert set(groups) == {"gpu-tp4", "gpu-small"}

@@ -57,6 +57,12 @@ app.kubernetes.io/part-of: surge
 {{- dig "server" "port" 8000 .Values.surge }}
 {{- end }}
 
+{{/* Ray's metrics export port on every node: the surge config's observability.metrics.export_port (as for
+     the nodes `make run` starts), KubeRay's 8080 when the config leaves it unset. */}}
+{{- define "surge.metricsPort" -}}
+{{- dig "observability" "metrics" "export_port" nil .Values.surge | default 8080 }}
+{{- end }}
+
 {{- define "surge.serveServiceName" -}}
 {{- printf "%s-serve" (include "surge.fullname" .) }}
 {{- end }}
@@ -125,7 +131,7 @@ app.kubernetes.io/part-of: surge
 {{/* Container ports of every Ray node: Ray's metrics (named for scraping); HAProxy's only when asked. */}}
 {{- define "surge.nodePorts" -}}
 - name: metrics
-  containerPort: {{ .Values.metrics.port }}
+  containerPort: {{ include "surge.metricsPort" . }}
   protocol: TCP
 {{- if .Values.haproxy.exposeAdmin }}
 - name: haproxy-stats
@@ -218,6 +224,9 @@ applications:
         {{- toYaml .Values.surge | nindent 8 }}
     deployments:
       {{- $names := list "ingress" "traffic-router" }}
+      {{- if dig "batch" "enabled" true .Values.surge }}
+      {{- $names = append $names "batch-runner" }}
+      {{- end }}
       {{- range .Values.surge.pools }}
       {{- $names = append $names (printf "pool-%s" .name) }}
       {{- end }}
