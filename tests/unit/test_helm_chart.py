@@ -13,7 +13,7 @@ import yaml
 from cluster.config import SurgeConfig
 from cluster.config.mapping import config_from_mapping
 from tests.crd_schema import CRDS_DIR, crd_schemas, strict_errors
-from tests.helm_render import KUBE_VERSION, VARIANTS, lint_problems, render_variant, variant_values
+from tests.helm_render import CHART_DIR, KUBE_VERSION, VARIANTS, lint_problems, render_variant, variant_values
 
 CUSTOM = {"ray.io/v1", "monitoring.coreos.com/v1"}
 
@@ -55,6 +55,13 @@ def test_builtin_kinds_pass_kubernetes_validate_strict(variant: str) -> None:
     assert {o["kind"] for o in builtin} >= {"ServiceAccount", "ConfigMap"}
     for obj in builtin:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def test_kubernetes_validate_strict_rejects_an_undeclared_field() -> None:
+    (policy,) = _find(render_variant("default"), "NetworkPolicy")
+    policy["spec"]["ingres"] = []
+    with pytest.raises(kubernetes_validate.ValidationError, match="ingres"):
+        kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -199,6 +206,14 @@ def test_postgres_dsn_comes_from_the_secret_never_the_values() -> None:
     assert "postgresql://" not in yaml.safe_dump(render_variant("postgres"))
     (ingress,) = _find(render_variant("postgres"), "Ingress")
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "surge-serve"
+
+
+def test_rules_and_dashboard_follow_the_files_in_the_chart() -> None:
+    objs = render_variant("default")
+    has_rules = (CHART_DIR / "files" / "surge-rules.yaml").is_file()
+    has_dashboard = (CHART_DIR / "files" / "surge-dashboard.json").is_file()
+    assert bool(_find(objs, "PrometheusRule")) == has_rules
+    assert any(o["metadata"]["name"] == "surge-dashboard" for o in _find(objs, "ConfigMap")) == has_dashboard
 
 
 def test_monitoring_off_renders_no_monitoring_objects() -> None:
