@@ -40,6 +40,16 @@ def _metrics_line(config: SurgeConfig) -> str:
     return f"Prometheus metrics (surge's ray_surge_*, vLLM's ray_vllm_*, Ray's own): {url}\n"
 
 
+def _dev_token_warning(config: SurgeConfig) -> str:
+    """A banner line when OAuth tokens will be signed with the generated development key."""
+    tokens = config.admission.tokens
+    configured = tokens.signing_key_files or os.environ.get(tokens.signing_key_env)
+    if not config.admission.enabled or not tokens.dev_key_file or configured:
+        return ""
+    return (f"  WARNING: OAuth access tokens are signed with a DEVELOPMENT key ({tokens.dev_key_file});"
+            " configure admission.tokens.signing_key_files for anything but local use.\n")  # fmt: skip
+
+
 def _dev_key(dsn: str) -> str:
     """A working development key: the one saved by an earlier run if still valid, else a new one."""
     from deployments.admission.store import open_store
@@ -71,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     key_line = ""
     if config.admission.enabled:
         key_line = f"  export SURGE_API_KEY={_dev_key(config.admission.key_store_dsn)}\n"
+        key_line += _dev_token_warning(config)
     stop = threading.Event()
     with serving(config) as url:
         # Installed after Ray starts: ray.init replaces SIGTERM's handler with one that exits at once.
