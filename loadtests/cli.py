@@ -120,7 +120,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"Locust web UI on http://127.0.0.1:{args.web_port} (Ctrl-C writes the report)", flush=True)
     (Path(spec.report_dir) / "summary.json").unlink(missing_ok=True)  # a stale verdict must not be printed
     # Its own process: Locust's gevent patching and Ray cannot share one (../shared/notes/ray-serve.md).
-    code = subprocess.run(locust_command(spec, args.web, args.web_port), env=env, check=False).returncode
+    # A session of its own: a terminal's Ctrl-C reaching Locust's web mode leaves it hung; SIGTERM from here
+    # makes it quit cleanly, writing the report.
+    proc = subprocess.Popen(locust_command(spec, args.web, args.web_port), env=env, start_new_session=True)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        code = proc.wait()
     from loadtests.report import print_tail
 
     verdict = print_tail(Path(spec.report_dir))
