@@ -35,6 +35,8 @@ def _run_log(shape: OpenLoopShape, users_max: int) -> RunLog:
         spec=spec, start_epoch=time.time() - elapsed, duration_s=shape.duration_s, end_s=elapsed, target=target,
         scheduled=len(shape.schedule), late=shape.schedule.late, max_lateness_s=shape.schedule.max_lateness_s,
         locust_users_max=users_max,
+        notes=[f"{shape.in_flight} requests still in flight after the drain time were not recorded"]
+        if shape.in_flight else [],
     )
 
 

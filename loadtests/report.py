@@ -187,6 +187,7 @@ def _html(summary: dict[str, Any], verdicts: list[Verdict], plots: list[str]) ->
     tier_rows = [[t, s["requests"], s["ok"], s["ttft_p50_s"], s["ttft_p99_s"], s["itl_p50_s"], s["itl_p99_s"],
                   s["tpot_p50_s"], s["output_tok_s_p50"]] for t, s in summary["tiers"].items()]
     warn = f"<p class='warn'>{html.escape(rates['warning'])}</p>" if rates["warning"] else ""
+    warn += "".join(f"<p class='warn'>{html.escape(note)}</p>" for note in summary["notes"])
     prom = "" if not summary["prometheus_error"] else f"<p class='warn'>{html.escape(summary['prometheus_error'])}</p>"
     images = "".join(f"<figure><img src='{html.escape(p)}' alt='{html.escape(p)}'></figure>" for p in plots)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>surge load test: {summary['verdict']}</title>
