@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -85,7 +86,9 @@ class Dispatcher:
             streams[pool] = cast(DeploymentResponseGenerator, handle.generate.remote(attempt))
             return streams[pool].__anext__()
 
+        started = time.monotonic()
         dispatched = await self._attempts(route, request, first_chunk, cancel=lambda pool: streams[pool].cancel())
+        self._routes.observe_ttft(dispatched.pool, time.monotonic() - started)  # admission's measured TTFT
         dispatched.stream = streams[dispatched.pool]
         return dispatched
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, replace
@@ -20,6 +21,7 @@ from deployments.engines.base import (
     TextPrompt,
 )
 from deployments.errors import BadRequest, ContextLengthExceeded, SurgeError
+from deployments.replica_load import ReplicaLoad
 
 __all__ = ["EngineFactory", "ModelReplica", "vllm_engine"]
 
@@ -57,12 +59,14 @@ class ModelReplica:
         self, pool: PoolConfig, engine_factory: EngineFactory = vllm_engine
     ) -> None:
         self._pool = pool
+        self._load = ReplicaLoad()
         self._engine = engine_factory(pool)
         self._aborted = 0
         self._batches = 0
         self._batched_requests = 0
         self._replica_id = _replica_id()
         await self._warm_up()
+        self._load.ready()
         logger.info("replica of pool %s ready (max_model_len=%d)", pool.name, self._engine.max_model_len)
 
     async def _warm_up(self) -> None:
@@ -95,10 +99,14 @@ class ModelReplica:
         token_ids, sampling = self._prepare(request)
         finished = False
         replica_id = self._replica_id
+        started = time.monotonic()
         span = observability.replica_span(self._pool.name, request)
         try:
             async for chunk in self._engine.generate(request.request_id, token_ids, sampling, request.priority):
                 finished = chunk.finish_reason is not None
+                if started:
+                    self._load.first_token(time.monotonic() - started)
+                    started = 0.0
                 yield replace(chunk, replica_id=replica_id) if replica_id else chunk
                 replica_id = ""
         finally:
@@ -132,6 +140,10 @@ class ModelReplica:
             "batched_requests": self._batched_requests,
         }
         return {"pool": self._pool.name, **counters, **asdict(self._engine.stats())}
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics hook: engine queue and KV use, recent TTFT, start-up time."""
+        return self._load.report(self._engine.stats())
 
     async def check_health(self) -> None:
         """Serve's periodic health check: an engine that died marks the replica unhealthy."""

@@ -21,7 +21,7 @@ from deployments.admission.decisions import Reservation
 from deployments.admission.gate import AdmissionGate, Tenant, prompt_token_bound
 from deployments.dispatch import Dispatched, Dispatcher
 from deployments.engines.base import GenerationChunk, GenerationRequest, Prompt
-from deployments.errors import ModelNotFound, SurgeError
+from deployments.errors import ModelNotFound, ServiceUnavailable, SurgeError
 from deployments.failures import as_surge_error
 from deployments.protocol import ResponseShape, sse
 from deployments.protocol.common import SamplingFields
@@ -110,7 +110,11 @@ class RequestPipeline:
         if tenant.tier is not None:
             sampling = replace(sampling, max_tokens=sampling.max_tokens and cap, max_tokens_cap=cap)
         primary = route.primary
-        gate.shed(priority, primary, self._routes.queue_depth(primary))
+        try:
+            gate.shed(priority, primary, self._routes.queue_depth(primary), self._routes.capacity(primary))
+        except ServiceUnavailable:
+            self._routes.note_shed(primary)  # the autoscaler does not scale in a pool that sheds
+            raise
         # Counted from here, not from dispatch: a burst must see itself while it awaits the quota store.
         self._routes.hold(primary)
         try:

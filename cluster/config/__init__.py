@@ -10,6 +10,7 @@ from cluster.config.admission import (
     TierConfig,
     default_tiers,
 )
+from cluster.config.autoscaling import PoolAutoscalingConfig
 from cluster.config.batch import BatchApiConfig, BatchRunnerConfig
 from cluster.config.identity import ASYMMETRIC_ALGORITHMS, IssuerConfig, NotifyConfig, SmtpConfig, TokenConfig
 from cluster.config.observability import MetricsConfig, ObservabilityConfig, TracingConfig
@@ -45,6 +46,7 @@ __all__ = [
     "MetricsConfig",
     "NotifyConfig",
     "ObservabilityConfig",
+    "PoolAutoscalingConfig",
     "PoolConfig",
     "RayConfig",
     "RouteConfig",

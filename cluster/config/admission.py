@@ -83,15 +83,20 @@ def _default_admit_fraction() -> dict[int, float]:
 
 
 class ShedConfig(_Strict):
-    """Priority p is admitted while its pool's queue depth < queue_limit * admit_fraction[p]."""
+    """Priority p is admitted while its pool's queue depth < limit * admit_fraction[p], where the limit follows
+    the pool's live capacity (running replicas x max_ongoing_requests) unless fixed by queue_limit. While the
+    measured TTFT misses the SLO, priorities below slo_protected_priority get a proportionally smaller share."""
 
-    queue_limit: int = Field(default=64, ge=1)
-    # Per-pool overrides of queue_limit, by pool name.
+    # A fixed limit for every pool; None follows each pool's live capacity (a pool that grows sheds later).
+    queue_limit: int | None = Field(default=None, ge=1)
+    # Per-pool fixed limits, by pool name (win over queue_limit and capacity).
     pool_queue_limits: dict[str, int] = Field(default_factory=dict)
     admit_fraction: dict[int, float] = Field(default_factory=_default_admit_fraction)
-    # What a shed request is told to wait before retrying.
+    # What a shed request is told to wait before retrying when no replica is on its way.
     retry_after_s: int = Field(default=1, ge=1)
     # The top tiers' time-to-first-token promise, and the priorities it protects (1..this keep their share).
+    ttft_slo_s: float = Field(default=2.0, gt=0)
+    slo_protected_priority: int = Field(default=2, ge=1, le=5)
 
     @field_validator("pool_queue_limits")
     @classmethod
@@ -113,8 +118,8 @@ class ShedConfig(_Strict):
             raise ValueError("admit_fraction must not grow as priority falls (lowest priority sheds first)")
         return fractions
 
-    def queue_limit_for(self, pool: str | None) -> int:
-        """The queue limit of `pool` (the default when it has no override)."""
+    def queue_limit_for(self, pool: str | None) -> int | None:
+        """The fixed queue limit of `pool`, or None when it follows the pool's live capacity."""
         return self.pool_queue_limits.get(pool, self.queue_limit) if pool else self.queue_limit
 
 

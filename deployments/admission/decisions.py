@@ -12,6 +12,7 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from cluster.config import ShedConfig, TierConfig
+from deployments.admission.capacity import PoolCapacity, capacity_shed_decision
 from deployments.admission.quotas import QUOTA_KINDS, PeriodUsage, QuotaState, quota_headers, tier_quotas
 
 __all__ = [
@@ -173,14 +174,12 @@ def cap_max_tokens(requested: int | None, tier: TierConfig, context_room: int | 
     return max(0, wanted)
 
 
-def shed_decision(priority: int, queue_depth: int, shed: ShedConfig, *, pool: str | None = None) -> ShedDecision:
-    """Admit priority p while the pool's queue depth < queue_limit * admit_fraction[p]."""
-    priority = min(max(priority, 1), LOWEST_PRIORITY)
-    threshold = shed.queue_limit_for(pool) * shed.admit_fraction[priority]
-    comparison = f"queue depth {queue_depth} {{}} {threshold:g} for priority {priority}"
-    if queue_depth < threshold:
-        return ShedDecision(True, 0, comparison.format("<"))
-    return ShedDecision(False, shed.retry_after_s, "overloaded: " + comparison.format(">="))
+def shed_decision(
+    priority: int, queue_depth: int, shed: ShedConfig, *, pool: str | None = None, capacity: PoolCapacity | None = None
+) -> ShedDecision:
+    """Admit priority p while the pool's queue depth < limit * admit_fraction[p]; the limit follows the pool's
+    live capacity unless fixed, and shrinks for unprotected priorities while TTFT misses the SLO."""
+    return ShedDecision(*capacity_shed_decision(priority, queue_depth, shed, capacity, pool))
 
 
 def window_start(now: float, window_s: int) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 from cluster.config import AdmissionConfig, TierConfig
 from deployments.admission.cache import ResponseCache, cache_key
+from deployments.admission.capacity import PoolCapacity
 from deployments.admission.decisions import (
     Rejection,
     Reservation,
@@ -147,11 +148,11 @@ class AdmissionGate:
     def max_tokens(self, tenant: Tenant, requested: int | None) -> int | None:
         return requested if tenant.tier is None else cap_max_tokens(requested, tenant.tier, None)
 
-    def shed(self, priority: int, pool: str, queue_depth: int) -> None:
+    def shed(self, priority: int, pool: str, queue_depth: int, capacity: PoolCapacity | None = None) -> None:
         """503 before any engine work when the pool is too busy for this priority; the lowest go first."""
         if not self.enabled:
             return
-        decision = shed_decision(priority, queue_depth, self._config.shed, pool=pool)
+        decision = shed_decision(priority, queue_depth, self._config.shed, pool=pool, capacity=capacity)
         if not decision.admit:
             headers = {"Retry-After": str(decision.retry_after_s)}
             raise ServiceUnavailable(decision.reason, code="overloaded", headers=headers)
