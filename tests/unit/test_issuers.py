@@ -22,6 +22,7 @@ from jwt.algorithms import RSAAlgorithm
 from cluster.config import IssuerConfig
 from deployments.admission.issuers import ExternalIssuers
 from deployments.admission.tokens import InvalidTokenError
+from tests.local_http import local_server
 
 ISSUER = "https://idp.example.test"
 AUDIENCE = "surge-enterprise"
@@ -63,14 +64,9 @@ async def provider() -> AsyncIterator[Provider]:
 
     app = web.Application()
     app.router.add_get("/jwks.json", jwks)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    idp.url = f"http://127.0.0.1:{port}/jwks.json"
-    yield idp
-    await runner.cleanup()
+    async with local_server(app) as url:
+        idp.url = f"{url}/jwks.json"
+        yield idp
 
 
 def issuers(provider: Provider, **overrides: Any) -> ExternalIssuers:

@@ -15,6 +15,7 @@ from aiohttp import web
 from cluster.config import NotifyConfig, SmtpConfig
 from deployments.admission.notify import Destination, Notifier, signature_header, verify_signature
 from deployments.admission.quotas import QuotaState
+from tests.local_http import local_server
 
 SECRET = b"whsec-test"
 QUOTA = QuotaState("daily_requests", limit=500, used=400, reset_s=3600, period="2026-12-02")
@@ -50,13 +51,9 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
-    yield state
-    await runner.cleanup()
+    async with local_server(app) as url:
+        state.url = f"{url}/hook"
+        yield state
 
 
 def notifier(monkeypatch: pytest.MonkeyPatch, sleeps: list[float] | None = None, **config: Any) -> Notifier:
