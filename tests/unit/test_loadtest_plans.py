@@ -125,3 +125,15 @@ def test_schedule_counts_arrivals_claimed_late() -> None:
     assert (schedule.late, schedule.max_lateness_s) == (1, 0.5)
     schedule.claim(3.0)
     assert schedule.claim(9.0) is None
+
+
+def test_the_pure_modules_do_not_import_locust() -> None:
+    """Locust's import monkey-patches the process with gevent, which Ray (in the same pytest session) cannot bear."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, loadtests.profiles, loadtests.arrivals, loadtests.report, loadtests.slo, loadtests.cli\n"
+        "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, 'locust imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True)
