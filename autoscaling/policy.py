@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from autoscaling.calendar import ScheduleEntry, floor_at, load_calendar, schedule
@@ -67,7 +67,8 @@ class SurgePolicy:
         self._schedule: list[ScheduleEntry] = []
         self._schedule_cold_start_s: float | None = None
         self._shed_at_s = 0.0
-        self._shed_read_at_s = 0.0
+        self._shed_read_at_s = -1e18
+        self._read_shed: Callable[[], float | None] = lambda: read_shed_signal(self._deployment)
         self._last: tuple[int, str] | None = None
         self._metrics = _DecisionMetrics(self._pool)
 
@@ -82,10 +83,14 @@ class SurgePolicy:
             self._schedule_cold_start_s = cold_start_s
         return floor_at(self._schedule, self._pool, now_s)
 
+    def set_shed_source(self, read: Callable[[], float | None]) -> None:
+        """Where the wall time of the pool's last shed comes from (the simulator's admission, not Ray's KV)."""
+        self._read_shed = read
+
     def _shedding(self, now_s: float) -> bool:
         if now_s - self._shed_read_at_s >= _SHED_READ_S:
             self._shed_read_at_s = now_s
-            self._shed_at_s = read_shed_signal(self._deployment) or self._shed_at_s
+            self._shed_at_s = self._read_shed() or self._shed_at_s
         return now_s - self._shed_at_s < _SHED_WINDOW_S
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
@@ -118,8 +123,11 @@ class _DecisionMetrics:
         self._gauge: Any = None
         self._counter: Any = None
         try:
+            import ray
             from ray.util import metrics
 
+            if not ray.is_initialized():
+                return  # the simulator, unit tests: no metrics agent to report to
             self._gauge = metrics.Gauge(
                 "surge_autoscaling_desired_replicas", "Replicas surge's policy asks for", tag_keys=("pool",)
             )
