@@ -3,11 +3,12 @@
     python -m benchmarks.batch_idle [--quick]
 
 One app (the tiny model, one replica, admission on). A steady open-loop interactive load (streamed chats at a
-fixed rate) runs in two windows with an idle gap between them, first without any batch (baseline), then with
-a batch of a few hundred lines submitted through `/v1/files` + `/v1/batches` before the first window. Before
-that, the same batch runs alone on the idle pool for a while: its lines per second there are the pool's idle
-capacity for batch work. Headlines: interactive TTFT p99 with the batch over without (goal <= 1.1), and the
-batch lines finished in the gap over what the idle rate would finish in it (goal >= 0.7).
+fixed rate) runs in two windows with an idle gap between them, in four blocks A B B A: A without any batch, B
+with a batch of a few hundred lines submitted through `/v1/files` + `/v1/batches` just before (the machine's
+background load drifts; ABBA lets each side see both ends of the run). First the batch runs alone on the idle
+pool for a while: its lines per second there are the pool's idle capacity for batch work. Headlines: interactive
+TTFT p99 of the B windows over the A windows (goal <= 1.1), and the batch lines finished in the B gaps over what
+the idle rate would finish in them (goal >= 0.7).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +62,8 @@ class Plan:
     interactive_max_tokens: int = 32
 
 
-QUICK = Plan(rate_rps=4.0, window_s=20.0, gap_s=12.0, calibration_s=12.0, batch_lines=300)
-FULL = Plan(rate_rps=4.0, window_s=60.0, gap_s=30.0, calibration_s=30.0, batch_lines=600)
+QUICK = Plan(rate_rps=4.0, window_s=12.0, gap_s=8.0, calibration_s=10.0, batch_lines=200)
+FULL = Plan(rate_rps=4.0, window_s=30.0, gap_s=20.0, calibration_s=25.0, batch_lines=400)
 
 
 def _config(workdir: Path) -> SurgeConfig:
@@ -147,7 +149,7 @@ def _load_with_gap(url: str, key: str, model: str, plan: Plan, tag: str, at_gap:
     ttfts = [r.ttft_s for r in results if r.ttft_s is not None]
     statuses = [r.error.split(":")[0] for r in results if r.error]
     return {"requests": len(results), "errors": len(statuses), "error_kinds": sorted(set(statuses)),
-            "ttft": p50_p99(ttfts, "ms"), "ttft_p99_s": _p99(ttfts)}  # fmt: skip
+            "ttft": p50_p99(ttfts, "ms"), "ttft_p99_s": _p99(ttfts), "ttfts_s": ttfts}  # fmt: skip
 
 
 def _p99(values: list[float]) -> float:
@@ -194,12 +196,29 @@ def _measure(plan: Plan) -> dict[str, Any]:
         with serving(config) as url:
             wait_ready(url, timeout_s=300)
             runs: dict[str, Any] = {}
-            runs["baseline"] = run_part(NAME, "baseline", lambda: _load_with_gap(url, keys[0], model, plan, "base",
-                                                                                 lambda _: None))  # fmt: skip
             runs["calibration"] = run_part(NAME, "calibration", lambda: _calibrate(_Batches(url, keys[1]), model, plan))
             rate = float(runs["calibration"].get("lines_per_s", math.nan))
-            runs["mixed"] = run_part(NAME, "with batch", lambda: _mixed(url, keys, model, plan, rate))
+            # A B B A: the machine's background load drifts; each side sees both ends of the run.
+            for name in ("baseline_1", "batch_1", "batch_2", "baseline_2"):
+                if name.startswith("baseline"):
+                    part = partial(_load_with_gap, url, keys[0], model, plan, name, lambda _: None)
+                else:
+                    part = partial(_mixed, url, keys, model, plan, rate)
+                runs[name] = run_part(NAME, name, part)
     return runs
+
+
+def _pooled(runs: dict[str, Any], prefix: str) -> dict[str, Any]:
+    parts = [run for name, run in runs.items() if name.startswith(prefix)]
+    ttfts = [t for run in parts for t in run.get("ttfts_s", [])]
+    gaps = [run["gap"] for run in parts if "gap" in run]
+    pooled: dict[str, Any] = {"ttft": p50_p99(ttfts, "ms"), "ttft_p99_s": _p99(ttfts),
+                              "errors": sum(run.get("errors", 0) for run in parts)}  # fmt: skip
+    if gaps:
+        seconds, lines = sum(g["seconds"] for g in gaps), sum(g["lines"] for g in gaps)
+        rate = gaps[0]["idle_rate_lines_per_s"]
+        pooled["gap"] = {"seconds": seconds, "lines": lines, "share": lines / (seconds * rate) if rate else math.nan}
+    return pooled
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,14 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     started_at, started = utc_now(), time.perf_counter()
     machine = machine_info()
     runs = _measure(plan)
-    base, mixed = runs["baseline"], runs["mixed"]
+    base, mixed = _pooled(runs, "baseline"), _pooled(runs, "batch")
     ttft_ratio = mixed.get("ttft_p99_s", math.nan) / base.get("ttft_p99_s", math.nan)
     share = mixed.get("gap", {}).get("share", math.nan)
     data = {
         "benchmark": NAME, "mode": "quick" if args.quick else "full", "started_at": started_at,
         "finished_at": utc_now(), "duration_s": time.perf_counter() - started, "machine": machine,
         "config": {"plan": asdict(plan), "runner": load_config().batch.runner.model_dump()},
-        "runs": runs,
+        "runs": runs, "pooled": {"baseline": base, "with_batch": mixed},
         "ratios": {
             "ttft_p99_with_batch_over_without": {"ratio": ttft_ratio, "goal": f"<={TTFT_GOAL}",
                                                  "met": goal_met(ttft_ratio, "<=", TTFT_GOAL)},

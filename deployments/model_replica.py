@@ -26,6 +26,7 @@ from deployments.replica_load import ReplicaLoad
 __all__ = ["EngineFactory", "ModelReplica", "vllm_engine"]
 
 logger = logging.getLogger("surge.replica")
+_LOWEST_TIER_PRIORITY = 5  # batch lines run below it (batch.runner.priority)
 EngineFactory = Callable[[PoolConfig], Engine]
 
 
@@ -62,6 +63,9 @@ class ModelReplica:
         self._load = ReplicaLoad()
         self._engine = engine_factory(pool)
         self._aborted = 0
+        # Requests of the tiers' priorities (1..5) ever started here: the batch runner yields when it grows, which
+        # catches requests too short to be seen in a sample of the engine's queue.
+        self._interactive_started = 0
         self._batches = 0
         self._batched_requests = 0
         self._replica_id = _replica_id()
@@ -97,6 +101,8 @@ class ModelReplica:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks; a cancelled caller (client gone) aborts the engine request."""
         token_ids, sampling = self._prepare(request)
+        if request.priority <= _LOWEST_TIER_PRIORITY:
+            self._interactive_started += 1
         finished = False
         replica_id = self._replica_id
         started = time.monotonic()
@@ -136,6 +142,7 @@ class ModelReplica:
     async def stats(self) -> dict[str, Any]:
         counters = {
             "aborted_requests": self._aborted,
+            "interactive_started": self._interactive_started,
             "batches": self._batches,
             "batched_requests": self._batched_requests,
         }

@@ -21,7 +21,7 @@ class BatchRunnerConfig(_Strict):
     # Batch lines one replica of a pool runs at once when it has no interactive work.
     max_lines_per_replica: int = Field(default=8, ge=1)
     # How often the runner reads the pools' load (and the store for new or cancelled batches).
-    poll_interval_s: float = Field(default=0.1, gt=0)
+    poll_interval_s: float = Field(default=0.05, gt=0)
     # After interactive work was last seen on a pool, batch lines wait this long before they start again:
     # a steady trickle of interactive requests keeps the pool to itself.
     resume_after_s: float = Field(default=1.0, ge=0)

@@ -17,6 +17,9 @@ class PoolLoad:
     engine_requests: int
     batch_lines: int
     replicas: int
+    # Interactive requests started on the replica since the last reading (ModelReplica.stats()'s counter):
+    # catches requests that began and ended between two samples of the engine's queue.
+    interactive_started: int = 0
 
     @property
     def interactive(self) -> int:
@@ -40,6 +43,8 @@ def batch_slots(load: PoolLoad | None, last_interactive_s: float | None, now_s: 
         return Slots(0, "the pool's load is unknown (its replicas did not answer)", False)
     if load.interactive >= cfg.yield_at_interactive:
         return Slots(0, f"{load.interactive} interactive request(s) in the engine: batch yields", True)
+    if load.interactive_started > 0:
+        return Slots(0, f"{load.interactive_started} interactive request(s) arrived since the last look", True)
     if last_interactive_s is not None and now_s - last_interactive_s < cfg.resume_after_s:
         return Slots(0, f"interactive work {now_s - last_interactive_s:.2f} s ago: waiting for a quiet pool", False)
     return Slots(cfg.max_lines_per_replica * max(1, load.replicas), "the pool is idle", False)

@@ -50,6 +50,7 @@ class BatchRunner:
         self._store = await BatchStore.open(config.admission.key_store_dsn)
         self._jobs: dict[str, Job] = {}
         self._last_interactive: dict[str, float] = {}
+        self._interactive_started: dict[str, int] = {}
         self._slots: dict[str, Slots] = {}
         self._counters: Counter[str] = Counter()
         self._loop_task = asyncio.get_running_loop().create_task(self._loop())
@@ -176,7 +177,8 @@ class BatchRunner:
         try:
             stats = await asyncio.wait_for(self._handles[pool].stats.remote(), _STATS_TIMEOUT_S)
             engine = int(stats.get("unfinished_requests", stats["running_requests"] + stats["waiting_requests"]))
-            load: PoolLoad | None = PoolLoad(engine, max(before, len(self._in_flight(pool))), self._replicas(pool))
+            lines = max(before, len(self._in_flight(pool)))
+            load: PoolLoad | None = PoolLoad(engine, lines, self._replicas(pool), self._arrivals(pool, stats))
         except Exception as exc:
             logger.warning("pool %s did not report its load: %r", pool, exc)
             load = None
@@ -187,6 +189,18 @@ class BatchRunner:
             self._counters["yields"] += 1 if self._slots.get(pool, slot).lines > 0 else 0
         self._slots[pool] = slot
         return slot
+
+    def _arrivals(self, pool: str, stats: dict[str, Any]) -> int:
+        """Interactive requests started since the last reading; a counter that moved back (another replica of
+        the pool answered, or a restarted one) counts as an arrival: yielding is the safe mistake."""
+        started = stats.get("interactive_started")
+        if started is None:
+            return 0
+        previous = self._interactive_started.get(pool)
+        self._interactive_started[pool] = int(started)
+        if previous is None:
+            return 0
+        return int(started) - previous if started >= previous else 1
 
     def _replicas(self, pool: str) -> int:
         return next((p.num_replicas for p in self._config.pools if p.name == pool), 1)

@@ -66,6 +66,11 @@ def test_interactive_work_in_the_engine_stops_the_batch() -> None:
     assert slots.lines == 0 and slots.interactive_seen
 
 
+def test_an_interactive_arrival_since_the_last_reading_stops_the_batch() -> None:
+    slots = batch_slots(PoolLoad(0, 0, replicas=1, interactive_started=1), None, 10.0, CFG)
+    assert slots.lines == 0 and slots.interactive_seen
+
+
 def test_the_batch_waits_for_a_quiet_stretch_before_resuming() -> None:
     assert batch_slots(PoolLoad(0, 0, 1), last_interactive_s=9.5, now_s=10.0, cfg=CFG).lines == 0
     assert batch_slots(PoolLoad(0, 0, 1), last_interactive_s=8.5, now_s=10.0, cfg=CFG).lines == 8

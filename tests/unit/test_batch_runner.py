@@ -50,6 +50,7 @@ class FakePool:
         self.delay_s = delay_s
         self.running = 0
         self.interactive = 0
+        self.interactive_started = 0  # the replica's counter of tier-priority requests ever started
         self.started: Counter[str] = Counter()  # prompt text -> times it reached the engine
         self.max_running_with_interactive = 0
         self.complete = _Method(self._complete)
@@ -68,7 +69,8 @@ class FakePool:
         if self.interactive:
             self.max_running_with_interactive = max(self.max_running_with_interactive, self.running)
         return {"pool": "main", "running_requests": self.running + self.interactive, "waiting_requests": 0,
-                "unfinished_requests": self.running + self.interactive}  # fmt: skip
+                "unfinished_requests": self.running + self.interactive,
+                "interactive_started": self.interactive_started}  # fmt: skip
 
 
 def _config(tmp_path: Path, **runner: Any) -> SurgeConfig:
@@ -235,6 +237,22 @@ async def test_the_batch_yields_to_interactive_work_and_resumes_after(tmp_path: 
     await runner.shutdown()
     assert stats["yields"] >= 1
     assert batch["request_counts"]["completed"] == 60
+
+
+async def test_requests_too_short_to_be_seen_in_the_queue_still_make_the_batch_yield(
+    tmp_path: Path, api: BatchApi
+) -> None:
+    config = _config(tmp_path, max_lines_per_replica=4, resume_after_s=0.5)
+    tenant = await _tenant(config, "a")
+    await _submit(api, tenant, 200)
+    pool = FakePool(0.05)
+    runner = await _runner(config, pool)
+    await _wait(lambda: _true(pool.running > 0))
+    pool.interactive_started += 1  # started and finished between two readings: never in the engine's count
+    await _wait(lambda: _true(pool.running == 0))
+    stats = await runner.stats()
+    await runner.shutdown()
+    assert stats["yields"] >= 1
 
 
 async def _true(value: bool) -> bool:
