@@ -7,12 +7,13 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster.config import SurgeConfig, load_config
+from cluster.config import SurgeConfig, TierConfig, load_config
 from deployments.admission import open_store
 from deployments.batch.api import BatchApi, CreateBatch
 from deployments.batch.runner import BatchRunner
@@ -73,9 +74,16 @@ class FakePool:
                 "interactive_started": self.interactive_started}  # fmt: skip
 
 
+TINY = TierConfig(rpm=10_000, tpm=10_000_000, daily_token_quota=300, max_tokens_cap=64, default_priority=3,
+                  max_priority=1)  # fmt: skip
+
+
 def _config(tmp_path: Path, **runner: Any) -> SurgeConfig:
     config = load_config()
-    admission = config.admission.model_copy(update={"key_store_dsn": f"sqlite:///{tmp_path / 'surge.db'}"})
+    tiers = {**config.admission.tiers, "tiny": TINY}
+    admission = config.admission.model_copy(
+        update={"key_store_dsn": f"sqlite:///{tmp_path / 'surge.db'}", "tiers": tiers}
+    )
     runner_cfg = config.batch.runner.model_copy(update={"poll_interval_s": 0.02, "resume_after_s": 0.1, **runner})
     batch = config.batch.model_copy(update={
         "files_dir": str(tmp_path / "files"), "runner": runner_cfg,
@@ -91,9 +99,9 @@ def _jsonl(n: int, model: str = MODEL) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
-async def _tenant(config: SurgeConfig, name: str) -> str:
+async def _tenant(config: SurgeConfig, name: str, tier: str = "enterprise") -> str:
     async with await open_store(config.admission.key_store_dsn) as store:
-        key, _ = await store.create_key(name, "enterprise")
+        key, _ = await store.create_key(name, tier)
         return key.id
 
 
@@ -253,6 +261,21 @@ async def test_requests_too_short_to_be_seen_in_the_queue_still_make_the_batch_y
     stats = await runner.stats()
     await runner.shutdown()
     assert stats["yields"] >= 1
+
+
+async def test_lines_are_charged_to_the_tenants_quota(tmp_path: Path, api: BatchApi) -> None:
+    config = _config(tmp_path)
+    tenant = await _tenant(config, "small", tier="tiny")
+    batch_id = await _submit(api, tenant, 20)
+    runner = await _runner(config, FakePool(0.01))
+    batch = await _reaches(api, tenant, batch_id, "completed")
+    await runner.shutdown()
+    async with await open_store(config.admission.key_store_dsn) as store:
+        usage = await store.usage(tenant, datetime.now(UTC).date())
+    errors = await _lines(api, tenant, batch["error_file_id"])
+    assert 0 < batch["request_counts"]["completed"] < 20
+    assert errors and all(line["response"]["status_code"] == 429 for line in errors)
+    assert usage.requests == batch["request_counts"]["completed"] and 0 < usage.tokens <= TINY.daily_token_quota
 
 
 async def _true(value: bool) -> bool:
