@@ -42,6 +42,7 @@ __all__ = [
 ENV_VAR = "SURGE_OBSERVABILITY"
 _observer: Observer | None = None
 _replica_tracing: Tracing | bool | None = False  # False: not built yet in this process
+_engine_spans = False  # vLLM traces too (its otlp_traces_endpoint is set): hand it the replica's span
 
 
 def observability_env(config: ObservabilityConfig) -> dict[str, str]:
@@ -93,17 +94,18 @@ def _pool_state(
 
 def replica_span(pool: str, request: GenerationRequest) -> Span | None:
     """The replica's span under the ingress's dispatch span, or None; the engine parents its span on it."""
-    global _replica_tracing
+    global _replica_tracing, _engine_spans
     if not request.trace_context:
         return None
     if _replica_tracing is False:
         config = settings().tracing
         _replica_tracing = Tracing(config, "replica", root=False) if config.otlp_endpoint else None
+        _engine_spans = config.engine_spans
     if not isinstance(_replica_tracing, Tracing):
         return None
     attrs = {"surge.pool": pool, "surge.completion_id": request.request_id, "surge.priority": request.priority}
     span = _replica_tracing.from_carrier(dict(request.trace_context), "replica.generate", attrs)
-    if span.is_recording():
+    if span.is_recording() and _engine_spans:
         from deployments.observability.tracing import format_traceparent
 
         set_engine_trace_headers({"traceparent": format_traceparent(span)})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 from typing import Any
 
@@ -18,9 +20,13 @@ def request_logger() -> logging.Logger:
     """`surge.requests`, writing bare JSON lines to stderr (Ray's worker log) unless the host configured it."""
     logger = logging.getLogger(REQUEST_LOGGER)
     if not any(getattr(h, "_surge_json", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        # The event loop only enqueues the line; a thread writes it (stderr is a file or pipe: blocking I/O).
+        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        writer = logging.StreamHandler(sys.stderr)
+        writer.setFormatter(logging.Formatter("%(message)s"))
+        handler = logging.handlers.QueueHandler(lines)
         handler._surge_json = True  # type: ignore[attr-defined]
+        logging.handlers.QueueListener(lines, writer).start()
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # one line, not one more in Serve's own format
