@@ -1,7 +1,7 @@
 """The cluster's own view of a run, read from Prometheus: replicas, KV-cache use, engine queues.
 
-Metric names follow vLLM's (`vllm:*`) and Ray Serve's; each panel tries its candidate queries in order and the
-report says which series were missing instead of failing, since a cluster may not export all of them.
+Each panel tries its candidate queries in order and the report names the series that were missing instead of
+failing, since a cluster may not export all of them (a GPU-less one has no GPU series, an older one other names).
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import requests
 
 __all__ = ["PANELS", "PromSeries", "fetch_panels", "parse_matrix"]
 
-# panel -> candidate PromQL queries, best first.
+# panel -> candidate PromQL queries, best first: the names surge exports through Ray (docs/observability.md: Ray
+# prefixes `ray_` and turns vLLM's `vllm:` into `vllm_`), then vLLM's own names for a cluster scraping vLLM directly.
 PANELS: dict[str, tuple[str, ...]] = {
     "replicas": (
-        "sum(vllm:num_replicas)",
-        "sum(surge_pool_replicas)",
-        'sum(ray_serve_deployment_replica_healthy{deployment!~".*[Ii]ngress.*"})',
+        'sum(ray_serve_deployment_replica_healthy{deployment=~"pool-.+"})',
+        "sum(ray_serve_deployment_replica_healthy)",
     ),
-    "kv_cache_usage": ("avg(vllm:kv_cache_usage_perc)", "avg(vllm:gpu_cache_usage_perc)"),
-    "requests_running": ("sum(vllm:num_requests_running)",),
-    "requests_waiting": ("sum(vllm:num_requests_waiting)",),
+    "kv_cache_usage": ("avg(ray_vllm_kv_cache_usage_perc)", "avg(vllm:kv_cache_usage_perc)"),
+    "requests_running": ("sum(ray_vllm_num_requests_running)", "sum(vllm:num_requests_running)"),
+    "requests_waiting": ("sum(ray_vllm_num_requests_waiting)", "sum(vllm:num_requests_waiting)"),
 }
 
 

@@ -24,7 +24,7 @@ def prometheus() -> Iterator[tuple[str, list[str]]]:
         query = request.query["query"]
         asked.append(query)
         result = []
-        if query == "avg(vllm:kv_cache_usage_perc)":
+        if query == "avg(vllm:kv_cache_usage_perc)":  # the fallback name: the first is missing
             result = [{"metric": {}, "values": [[START + 5, "0.25"], [START + 10, "0.5"], [START + 15, "NaN"]]}]
         return web.json_response({"status": "success", "data": {"resultType": "matrix", "result": result}})
 
@@ -51,8 +51,9 @@ def test_present_series_are_read_and_missing_ones_named(prometheus: tuple[str, l
     panels, error = fetch_panels(url, START, START + 20)
     assert error is None
     assert panels["kv_cache_usage"].points == [(5.0, 0.25), (10.0, 0.5)]  # NaN is no sample
-    assert panels["replicas"].points == [] and len(panels["replicas"].missing) == 3
-    assert asked.count("avg(vllm:kv_cache_usage_perc)") == 1  # the first candidate answered: no fallback asked
+    assert panels["kv_cache_usage"].missing == ["avg(ray_vllm_kv_cache_usage_perc)"]
+    assert panels["replicas"].points == [] and len(panels["replicas"].missing) == 2
+    assert asked.count("avg(vllm:kv_cache_usage_perc)") == 1
 
 
 def test_an_unreachable_prometheus_is_reported_not_raised() -> None:
