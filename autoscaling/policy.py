@@ -18,7 +18,7 @@ from typing import Any
 
 from autoscaling.calendar import ScheduleEntry, floor_at, load_calendar, schedule
 from autoscaling.decide import Decision, PolicyParams, Signals, decide
-from deployments.pool_capacity import read_shed_signal
+from deployments.pool_capacity import read_shed_signal, record_decision
 from deployments.pool_scaling import POLICY_PATH, policy_kwargs, serve_autoscaling_config
 from deployments.replica_load import STAT_KV, STAT_STARTUP, STAT_TTFT, STAT_WAITING
 
@@ -113,6 +113,17 @@ class SurgePolicy:
                 self._pool, signals.target_replicas, decision.replicas, decision.kind, decision.reason,
             )  # fmt: skip
             self._last = key
+            self._publish(decision, signals)
+
+    def _publish(self, decision: Decision, signals: Signals) -> None:
+        if self._metrics.disabled:
+            return  # not in Ray (the simulator, unit tests)
+        entry: dict[str, object] = {"t": signals.now_s, "from": signals.target_replicas, "replicas": decision.replicas,
+            "kind": decision.kind, "reason": decision.reason}  # fmt: skip
+        try:
+            record_decision(self._deployment, entry)
+        except Exception as exc:
+            logger.warning("could not record the decision of pool %s: %r", self._pool, exc)
 
 
 class _DecisionMetrics:
@@ -137,6 +148,10 @@ class _DecisionMetrics:
             )  # fmt: skip
         except Exception:  # outside a Ray worker (unit tests, the simulator): metrics are off
             self._gauge = self._counter = None
+
+    @property
+    def disabled(self) -> bool:
+        return self._gauge is None
 
     def record(self, decision: Decision) -> None:
         if self._gauge is None or self._counter is None:

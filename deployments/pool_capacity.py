@@ -7,6 +7,7 @@ breaker snapshot they already refresh, so shedding follows the fleet as the auto
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +15,16 @@ from dataclasses import dataclass, field
 
 from deployments.admission.capacity import PoolCapacity
 
-__all__ = ["CapacityWatch", "PoolSize", "ReplicaCounts", "next_capacity", "read_shed_signal", "write_shed_signal"]
+__all__ = [
+    "CapacityWatch",
+    "PoolSize",
+    "ReplicaCounts",
+    "next_capacity",
+    "read_decisions",
+    "read_shed_signal",
+    "record_decision",
+    "write_shed_signal",
+]
 
 logger = logging.getLogger("surge.capacity")
 _POLL_S = 1.0
@@ -32,6 +42,31 @@ def write_shed_signal(deployment: str, at_s: float) -> None:
     from ray.experimental import internal_kv
 
     internal_kv._internal_kv_put(_SHED_KEY.format(deployment=deployment), str(at_s).encode(), overwrite=True)
+
+
+_DECISIONS_KEY = "surge:autoscaling:{deployment}"
+_DECISIONS_KEPT = 50
+
+
+def record_decision(deployment: str, decision: dict[str, object]) -> None:
+    """Blocking (GCS): append one autoscaling decision to the pool's recent history (operators and tests read
+    it; called only when the decision changes, so the controller's loop pays it rarely)."""
+    from ray.experimental import internal_kv
+
+    history = [*read_decisions(deployment), decision][-_DECISIONS_KEPT:]
+    internal_kv._internal_kv_put(_DECISIONS_KEY.format(deployment=deployment), json.dumps(history).encode(),
+                                 overwrite=True)  # fmt: skip
+
+
+def read_decisions(deployment: str) -> list[dict[str, object]]:
+    """The pool's recent autoscaling decisions, oldest first ([] when none or no Ray)."""
+    try:
+        from ray.experimental import internal_kv
+
+        raw = internal_kv._internal_kv_get(_DECISIONS_KEY.format(deployment=deployment))
+        return list(json.loads(raw)) if raw else []
+    except Exception:
+        return []
 
 
 def read_shed_signal(deployment: str) -> float | None:
