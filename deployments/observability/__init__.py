@@ -27,6 +27,7 @@ __all__ = [
     "cache_lookup",
     "classified",
     "configure_ingress",
+    "current_observer",
     "dispatching",
     "end_span",
     "engine_stat_loggers",
@@ -56,9 +57,15 @@ def settings() -> ObservabilityConfig:
     return ObservabilityConfig.model_validate_json(raw) if raw else ObservabilityConfig()
 
 
+def current_observer() -> Observer | None:
+    """This process's observer. A named function, not a lambda: Serve pickles the ingress's app by value, and a
+    lambda would carry a frozen copy of this module's globals (where the observer stays None)."""
+    return _observer
+
+
 def install(app: Any) -> None:
     """Adds the middleware to the ingress's FastAPI app; it observes once `configure_ingress` has run."""
-    app.add_middleware(ObservabilityMiddleware, observer=lambda: _observer)
+    app.add_middleware(ObservabilityMiddleware, observer=current_observer)
 
 
 def configure_ingress(

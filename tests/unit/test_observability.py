@@ -192,3 +192,15 @@ def test_replicas_read_their_settings_from_the_runtime_env(monkeypatch: pytest.M
     assert observability.engine_tracing_args() == {"otlp_traces_endpoint": "http://127.0.0.1:1/v1/traces"}
     monkeypatch.delenv(observability.ENV_VAR)
     assert observability.engine_tracing_args() == {}
+
+
+def test_the_middleware_finds_its_observer_after_the_app_is_pickled() -> None:
+    """Serve ships the ingress's FastAPI app to its replicas by value (cloudpickle), middleware options included."""
+    import cloudpickle
+
+    app = FastAPI()
+    observability.install(app)
+    shipped = cloudpickle.loads(cloudpickle.dumps(app.user_middleware[0].kwargs["observer"]))
+    observer = observability.configure_ingress(ObservabilityConfig(request_log=False), ["main"],
+                                               instruments=_Instruments())
+    assert shipped() is observer
