@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -126,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", default="h100-llama3.1-8b")
     args = parser.parse_args(argv)
-    workdir = RESULTS_DIR / ".autoscaling-calendars"
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="surge-autoscaling-"))  # generated calendars for the scenarios
     results: dict[str, Any] = {"benchmark": NAME, "started_at": utc_now(), "quick": args.quick,
                                "profile": args.profile, "machine": machine_info(), "scenarios": {}}  # fmt: skip
     for name, (arrivals, calendar) in _scenarios(args.quick, workdir).items():
