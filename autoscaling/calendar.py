@@ -19,6 +19,7 @@ replicas measured.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,20 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CalendarConfig", "PromoEvent", "ScheduleEntry", "floor_at", "load_calendar", "main", "schedule"]
+__all__ = [
+    "CalendarConfig",
+    "CalendarFile",
+    "PromoEvent",
+    "ScheduleEntry",
+    "floor_at",
+    "load_calendar",
+    "main",
+    "schedule",
+]
+
+logger = logging.getLogger("surge.calendar")
+# How often a running policy looks for an edited calendar file.
+_RECHECK_S = 10.0
 
 
 class _Strict(BaseModel):
@@ -77,6 +91,34 @@ class ScheduleEntry:
 
 def load_calendar(path: str | Path) -> CalendarConfig:
     return CalendarConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+
+
+class CalendarFile:
+    """A calendar file applied live: re-read when it changes (checked every 10 s); a broken edit keeps the
+    last good calendar and is logged."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.calendar = load_calendar(self.path)
+        self.version = 0
+        self._mtime = self.path.stat().st_mtime
+        self._checked_s = -math.inf
+
+    def current(self, now_s: float) -> CalendarConfig:
+        if now_s - self._checked_s >= _RECHECK_S:
+            self._checked_s = now_s
+            self._reload_if_changed()
+        return self.calendar
+
+    def _reload_if_changed(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime != self._mtime:
+                self.calendar, self._mtime = load_calendar(self.path), mtime
+                self.version += 1
+                logger.info("promo calendar %s reloaded: %d events", self.path, len(self.calendar.events))
+        except Exception as exc:  # a half-written or invalid edit: keep serving the last good calendar
+            logger.warning("promo calendar %s not reloaded: %s", self.path, exc)
 
 
 def schedule(

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from autoscaling.calendar import ScheduleEntry, floor_at, load_calendar, schedule
+from autoscaling.calendar import CalendarFile, ScheduleEntry, floor_at, schedule
 from autoscaling.decide import Decision, PolicyParams, Signals, decide
 from deployments.pool_capacity import read_shed_signal, record_decision
 from deployments.pool_scaling import POLICY_PATH, policy_kwargs, serve_autoscaling_config
@@ -63,9 +63,9 @@ class SurgePolicy:
         self._params = PolicyParams(**fields)
         self._cold_start_s = float(kwargs.get("cold_start_s", 60.0))
         calendar_path = kwargs.get("calendar")
-        self._calendar = load_calendar(calendar_path) if calendar_path else None
+        self._calendar = CalendarFile(calendar_path) if calendar_path else None
         self._schedule: list[ScheduleEntry] = []
-        self._schedule_cold_start_s: float | None = None
+        self._schedule_key: tuple[float, int] | None = None
         self._shed_at_s = 0.0
         self._shed_read_at_s = -1e18
         self._read_shed: Callable[[], float | None] = lambda: read_shed_signal(self._deployment)
@@ -77,10 +77,11 @@ class SurgePolicy:
         if self._calendar is None:
             return 0, ""
         cold_start_s = self._cold_start_s if measured_startup_s is None else measured_startup_s
-        if cold_start_s != self._schedule_cold_start_s:
-            baselines = {self._pool: self._params.min_replicas}
-            self._schedule = schedule(self._calendar, baselines, {self._pool: self._params.max_replicas}, cold_start_s)
-            self._schedule_cold_start_s = cold_start_s
+        calendar = self._calendar.current(now_s)
+        if (cold_start_s, self._calendar.version) != self._schedule_key:
+            baselines, highs = {self._pool: self._params.min_replicas}, {self._pool: self._params.max_replicas}
+            self._schedule = schedule(calendar, baselines, highs, cold_start_s)
+            self._schedule_key = (cold_start_s, self._calendar.version)
         return floor_at(self._schedule, self._pool, now_s)
 
     def set_shed_source(self, read: Callable[[], float | None]) -> None:

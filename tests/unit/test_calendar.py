@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
-from autoscaling.calendar import CalendarConfig, PromoEvent, floor_at, schedule
+from autoscaling.calendar import CalendarConfig, CalendarFile, PromoEvent, floor_at, schedule
 from cluster.config import PROJECT_ROOT
 
 START = datetime(2026, 11, 27, 8, tzinfo=UTC)
@@ -64,3 +67,18 @@ def test_show_prints_the_schedule_of_a_calendar_file() -> None:
     )  # fmt: skip
     assert "black-friday" in result.stdout and "2026-11-27 07:53:00" in result.stdout  # 08:00 - 300 s - 120 s
     assert "flash-sale" in result.stdout
+
+
+def test_an_edited_calendar_file_is_applied_live_and_a_broken_edit_keeps_the_last_good_one(tmp_path: Path) -> None:
+    path = tmp_path / "promo.yaml"
+    event = {"name": "sale", "start": START.isoformat(), "end": END.isoformat(), "multiplier": 2, "pools": ["main"]}
+    path.write_text(yaml.safe_dump({"events": [event]}))
+    live = CalendarFile(path)
+    assert live.current(0.0).events[0].multiplier == 2
+    path.write_text(yaml.safe_dump({"events": [{**event, "multiplier": 5}]}))
+    os.utime(path, (1, 1))
+    assert live.current(1.0).events[0].multiplier == 2  # not re-checked yet
+    assert live.current(11.0).events[0].multiplier == 5 and live.version == 1
+    path.write_text("events: [{name: broken")
+    os.utime(path, (2, 2))
+    assert live.current(22.0).events[0].multiplier == 5
