@@ -34,7 +34,11 @@ def scaling_pool(surge_url: str, surge_config: SurgeConfig) -> Iterator[tuple[An
     scaling = PoolAutoscalingConfig(
         min_replicas=1, max_replicas=2, target_ongoing_requests=2, scale_down_delay_s=10, scale_down_utilization=1.0
     )
-    pool = surge_config.pools[0].model_copy(update={"name": "scaling", "num_replicas": 1, "autoscaling": scaling})
+    # Half-size CPU reservations: the session's app holds 4.5 of Ray's 8 logical CPUs; two more replicas fit.
+    pool = surge_config.pools[0].model_copy(update={
+        "name": "scaling", "num_replicas": 1, "autoscaling": scaling, "num_cpus": 0.5, "cpus_per_worker": 0.5,
+        "engine_threads": 1,
+    })  # fmt: skip
     options, placed = pool_options(pool, detect_platform())
     name = pool_deployment_name(pool)
     deployment = serve.deployment(
