@@ -17,12 +17,14 @@ REQUEST_LOGGER = "surge.requests"
 
 
 def request_logger() -> logging.Logger:
-    """`surge.requests`, writing bare JSON lines to stderr (Ray's worker log) unless the host configured it."""
+    """`surge.requests`, writing bare JSON lines to the process's stderr (Ray's worker log)."""
     logger = logging.getLogger(REQUEST_LOGGER)
     if not any(getattr(h, "_surge_json", False) for h in logger.handlers):
         # The event loop only enqueues the line; a thread writes it (stderr is a file or pipe: blocking I/O).
         lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        writer = logging.StreamHandler(sys.stderr)
+        # The process's real stderr (Ray's worker-*.err): Serve replaces sys.stderr with a logger that its own
+        # filters and format rewrite.
+        writer = logging.StreamHandler(sys.__stderr__ or sys.stderr)
         writer.setFormatter(logging.Formatter("%(message)s"))
         handler = logging.handlers.QueueHandler(lines)
         handler._surge_json = True  # type: ignore[attr-defined]
