@@ -84,8 +84,10 @@ def configure_ingress(
     if config.tracing.otlp_endpoint or processors is not None:
         tracing = Tracing(config.tracing, "ingress", root=True, processors=processors)
     log = request_logger() if config.request_log else None
-    _observer = Observer(metrics, tracing, log, pool_state, config.metrics.gauge_interval_s)
-    return _observer
+    observer = Observer(metrics, tracing, log, pool_state, config.metrics.gauge_interval_s)
+    # All off: the middleware passes requests straight through (no record, no ids, no headers).
+    _observer = observer if metrics or tracing or log else None
+    return observer
 
 
 def _pool_state(
