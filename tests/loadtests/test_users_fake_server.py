@@ -111,3 +111,12 @@ def test_a_server_without_usage_per_chunk_still_gets_per_token_itl(tmp_path: Pat
     streamed = [r for r in run.records if r.ok]
     assert streamed and all(r.counting == "text" and r.output_tokens == 21 for r in streamed)
     assert 0.0099 <= run.summary["tiers"]["free"]["itl_p50_s"] < 0.040
+
+
+def test_a_generator_without_free_users_warns_that_it_is_saturated(tmp_path: Path) -> None:
+    with fake_openai(FakeOpenAI(ttft_s=1.0)) as slow:
+        run = run_loadtest(tmp_path, "--scenario", "steady", "--host", slow.url, "--rate", "6", "--duration", "3",
+                           "--tiers", "free=1", "--max-users", "2", "--max-tokens", "4", keys=KEYS)
+    rates = run.summary["rates"]
+    assert rates["saturated"] and rates["late_arrivals"] > 0 and rates["max_lateness_s"] > 0.1
+    assert any(line.startswith("WARNING: generator saturated") for line in run.stdout.splitlines())
