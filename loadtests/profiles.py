@@ -149,12 +149,13 @@ class Plan:
         times = generate_arrivals(self.rate_rps, self.duration_s, process, seed=self.spec.seed)
         return [Arrival(t) for t in times]
 
-    def users_at(self, t_s: float) -> int:
-        """Users to hold at run time `t_s`: enough for the highest rate in the next `lookahead_s`, and never
-        fewer than before (stopping a Locust user kills its request in flight)."""
+    def users_at(self, t_s: float, in_flight: int = 0) -> int:
+        """Users to hold at run time `t_s`: enough for the highest rate in the next `lookahead_s`, and free ones
+        for the next two seconds' arrivals beyond those busy now (a slow server holds users longer); never fewer
+        than before (stopping a Locust user kills its request in flight)."""
         steps = [t_s + self.lookahead_s * i / 20 for i in range(21)]
         peak = max(self.rate_rps(t) for t in steps)
-        want = math.ceil(peak * self.spec.users_per_rps)
+        want = max(math.ceil(peak * self.spec.users_per_rps), in_flight + math.ceil(2 * peak))
         self._users = max(self._users, min(max(want, self.spec.min_users), self.spec.max_users))
         return self._users
 
@@ -164,7 +165,7 @@ class Plan:
         spent = arrivals_left == 0 and t_s >= self.duration_s
         if spent and (in_flight == 0 or t_s >= self.duration_s + self.spec.drain_s):
             return None
-        users = self.users_at(t_s)
+        users = self.users_at(t_s, in_flight)
         return users, float(max(users, 10))
 
 

@@ -137,3 +137,9 @@ def test_the_pure_modules_do_not_import_locust() -> None:
         "assert 'locust' not in sys.modules and 'gevent' not in sys.modules, 'locust imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True)
+
+
+def test_a_slow_server_gets_more_users_so_arrivals_stay_on_time() -> None:
+    plan = SteadyPlan(_spec(rate_rps=2, duration_s=60, users_per_rps=4))
+    assert plan.tick_at(1, arrivals_left=10, in_flight=0) == (8, 10.0)
+    assert plan.tick_at(2, arrivals_left=10, in_flight=8) == (12, 12.0)  # 8 busy + 2 s of arrivals free
