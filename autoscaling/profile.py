@@ -71,8 +71,9 @@ async def measure(pool: PoolConfig) -> EngineProfile:
     return EngineProfile(
         name="local-vllm-cpu", decode_step_s=steps, prefill_s_per_token=per_token, prefill_base_s=base,
         max_num_seqs=max_num_seqs, max_ongoing_requests=pool.max_ongoing_requests, cold_start_s=cold_start_s,
-        gpus_per_replica=0.0, source=f"measured by `python -m autoscaling.profile` on this machine ({pool.model})",
-        notes={"cold_start_s": "engine construction + warm-up request; excludes Ray actor start-up"},
+        gpus_per_replica=1.0, source=f"measured by `python -m autoscaling.profile` on this machine ({pool.model})",
+        notes={"cold_start_s": "engine construction + warm-up request; excludes Ray actor start-up",
+               "gpus_per_replica": "a CPU replica counts as one unit, so gpu_hours reads as replica-hours"},
     )  # fmt: skip
 
 
