@@ -30,6 +30,8 @@ class EngineProfile:
     max_ongoing_requests: int  # Serve's per-replica limit; more wait at the handle
     cold_start_s: float
     gpus_per_replica: float = 1.0
+    # Time a request spends before reaching the engine (HTTP, ingress, Serve hops), measured at idle.
+    request_overhead_s: float = 0.0
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)
 

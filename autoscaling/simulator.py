@@ -240,7 +240,8 @@ class _Run:
         for _ in range(self.pool.target):
             self.pool.start_replica(0.0, warm=True)
         for i, arrival in enumerate(self.arrivals):
-            self.push(arrival.t_s, "arrival", i)
+            # The serving path's own delay: the request reaches the pool that much later (TTFT counts it).
+            self.push(arrival.t_s + self.profile.request_overhead_s, "arrival", i)
         self.push(0.0, "tick")
         wrapped = serve_policy._apply_autoscaling_config(self.setup.policy)
         last_s = 0.0

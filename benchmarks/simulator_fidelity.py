@@ -74,6 +74,27 @@ def _replicas() -> int:
     return counts
 
 
+def _payload(model: str, a: Arrival) -> dict[str, Any]:
+    return {"model": model, "stream": True, "max_tokens": a.output_tokens, "ignore_eos": True,
+            "messages": [{"role": "user", "content": " ".join(["token"] * a.prompt_tokens)}],
+            "stream_options": {"include_usage": True}}  # fmt: skip
+
+
+async def _idle_ttfts(url: str, model: str, samples: list[Arrival]) -> list[tuple[float, int]]:
+    """(TTFT, prompt tokens) of requests sent one at a time to the idle cluster: the serving path's overhead."""
+    async with http_client(1) as client:
+        results = [await stream_completion(client, f"{url}/v1/chat/completions", _payload(model, a)) for a in samples]
+    return [(r.ttft_s, r.prompt_tokens or a.prompt_tokens) for r, a in zip(results, samples, strict=True)
+            if r.ttft_s is not None]  # fmt: skip
+
+
+def _overhead_s(profile_path: Path, idle: list[tuple[float, int]]) -> float:
+    """Idle TTFT beyond what the engine profile explains (prefill + one step): HTTP, ingress and Serve hops."""
+    profile = load_profile(str(profile_path))
+    extra = [ttft - profile.prefill_s(tokens) - profile.step_s(1) for ttft, tokens in idle]
+    return max(0.0, sorted(extra)[len(extra) // 2]) if extra else 0.0
+
+
 async def _play(url: str, model: str, arrivals: list[Arrival]) -> tuple[list[Any], list[tuple[float, int]]]:
     """Fire every arrival at its time; sample the replica count once a second until all are answered."""
     start = time.monotonic()
@@ -82,10 +103,7 @@ async def _play(url: str, model: str, arrivals: list[Arrival]) -> tuple[list[Any
 
         async def one(a: Arrival) -> Any:
             await asyncio.sleep(max(0.0, a.t_s - (time.monotonic() - start)))
-            payload = {"model": model, "stream": True, "max_tokens": a.output_tokens, "ignore_eos": True,
-                       "messages": [{"role": "user", "content": " ".join(["token"] * a.prompt_tokens)}],
-                       "stream_options": {"include_usage": True}}  # fmt: skip
-            return await stream_completion(client, f"{url}/v1/chat/completions", payload)
+            return await stream_completion(client, f"{url}/v1/chat/completions", _payload(model, a))
 
         tasks = [asyncio.ensure_future(one(a)) for a in arrivals]
         while not all(t.done() for t in tasks):
@@ -94,9 +112,12 @@ async def _play(url: str, model: str, arrivals: list[Arrival]) -> tuple[list[Any
         return [t.result() for t in tasks], timeline
 
 
-def _simulate(config: SurgeConfig, arrivals: list[Arrival], profile_path: Path) -> tuple[list[float], list[Any]]:
+def _simulate(
+    config: SurgeConfig, arrivals: list[Arrival], profile_path: Path, overhead_s: float
+) -> tuple[list[float], list[Any]]:
     pool = config.pools[0]
-    profile = dataclasses.replace(load_profile(str(profile_path)), max_ongoing_requests=pool.max_ongoing_requests)
+    profile = dataclasses.replace(load_profile(str(profile_path)), max_ongoing_requests=pool.max_ongoing_requests,
+                                  request_overhead_s=overhead_s)  # fmt: skip
     serve_config = serve_autoscaling_config(pool, "pool-sim")
     serve_config.pop("policy")
     setup = PolicySetup("surge", SurgePolicy(**policy_kwargs(pool, "pool-sim")), AutoscalingConfig(**serve_config),
@@ -129,16 +150,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.simulator_fidelity", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    duration_s, rate_scale = (45.0, 2.0) if args.quick else (90.0, 2.0)
+    # Rate x6 (~30 req/s on the Azure hour's first minutes): enough concurrency to need a second replica.
+    duration_s, rate_scale = (45.0, 6.0) if args.quick else (90.0, 6.0)
     profile_path = RESULTS_DIR / f"{NAME}-profile.json"
     subprocess.run([sys.executable, "-m", "autoscaling.profile", "--out", str(profile_path)], check=True)
     config = _config()
     arrivals = _arrivals(duration_s, rate_scale)
     with serving(config) as url:
         wait_ready(url)
+        idle = asyncio.run(_idle_ttfts(url, config.pools[0].model_id, arrivals[:8]))
         answers, measured_timeline = asyncio.run(_play(url, config.pools[0].model_id, arrivals))
+    overhead_s = _overhead_s(profile_path, idle)
     measured = [a.ttft_s for a in answers if a.ttft_s is not None]
-    simulated, sim_timeline = _simulate(config, arrivals, profile_path)
+    simulated, sim_timeline = _simulate(config, arrivals, profile_path, overhead_s)
     ratio = percentile(simulated, 0.9) / percentile(measured, 0.9)
     png = RESULTS_DIR / f"{NAME}.png"
     _plot(png, measured_timeline, sim_timeline)
@@ -146,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "benchmark": NAME, "started_at": utc_now(), "quick": args.quick, "requests": len(arrivals),
         "errors": sum(1 for a in answers if a.error), "measured_ttft_p90_s": percentile(measured, 0.9),
         "simulated_ttft_p90_s": percentile(simulated, 0.9), "ratio": ratio, "goal": {"within": [0.75, 1.33]},
+        "idle_ttfts_s": [t for t, _ in idle], "request_overhead_s": overhead_s, "rate_scale": rate_scale,
         "measured_max_replicas": max((n for _, n in measured_timeline), default=0),
         "simulated_max_replicas": max((p["replicas"] for p in sim_timeline), default=0),
         "profile": json.loads(profile_path.read_text()), "png": str(png.relative_to(PROJECT_ROOT)),
