@@ -1,8 +1,8 @@
 """The ingress's observation point: a pure ASGI middleware around the OpenAI routes.
 
 It times the request as the client sees it (first and last body byte), opens the root span (continuing a
-client's W3C `traceparent`), echoes `X-Request-Id` and the trace id, and when the response is done records
-metrics, ends the spans and writes the JSON log line. Pure ASGI, not BaseHTTPMiddleware: it adds no task or
+client's W3C `traceparent`), logs under Serve's `X-Request-Id`, echoes the trace id, and when the response is
+done records metrics, ends the spans and writes the JSON log line. Pure ASGI, not BaseHTTPMiddleware: it adds no task or
 queue per request and never buffers a stream.
 """
 
@@ -156,12 +156,11 @@ class ObservabilityMiddleware:
 def _on_message(record: RequestRecord, message: Message) -> None:
     if message["type"] == "http.response.start":
         record.status = message["status"]
-        extra = [(b"x-request-id", record.request_id.encode())]
-        if record.trace_id is not None:
-            extra.append((b"x-trace-id", record.trace_id.encode()))
         headers = list(message.get("headers", ()))
         record.streamed = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
-        message["headers"] = headers + extra
+        # X-Request-Id is Serve's: it gives every request one (the client's own when sent) and echoes it.
+        if record.trace_id is not None:
+            message["headers"] = [*headers, (b"x-trace-id", record.trace_id.encode())]
     elif message["type"] == "http.response.body":
         body = message.get("body", b"")
         if not body:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from cluster.config import SurgeConfig, load_config
+from benchmarks._otlp_receiver import OtlpReceiver, otlp_receiver
+from cluster.config import MetricsConfig, ObservabilityConfig, SurgeConfig, TracingConfig, load_config
 from cluster.serving import free_port, isolate_serve_ports, serving, wait_ready
 from deployments.admission import ShedConfig, TierConfig, open_store
 
@@ -70,7 +71,7 @@ def token_key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def surge_config(api_keys: Keys, token_key_file: str) -> SurgeConfig:
+def surge_config(api_keys: Keys, token_key_file: str, otlp: OtlpReceiver) -> SurgeConfig:
     # Own ports, so a developer's `make run` on :8000 and HAProxy's fixed side ports don't collide.
     isolate_serve_ports()
     config = load_config()
@@ -88,9 +89,21 @@ def surge_config(api_keys: Keys, token_key_file: str) -> SurgeConfig:
         update={"name": "fallback", "model": ".cache/models/surge-fallback", "served_model_name": "surge-fallback",
                 "aliases": [], "engine_threads": 1}
     )
-    return config.model_copy(
-        update={"server": server, "admission": admission, "ingress": ingress, "pools": [main, fallback]}
+    # Metrics on a free port of their own; every request traced to the session's OTLP receiver.
+    observability = ObservabilityConfig(
+        metrics=MetricsConfig(export_port=free_port()), tracing=TracingConfig(otlp_endpoint=otlp.url)
     )
+    return config.model_copy(
+        update={"server": server, "admission": admission, "ingress": ingress, "pools": [main, fallback],
+                "observability": observability}
+    )
+
+
+@pytest.fixture(scope="session")
+def otlp() -> Iterator[OtlpReceiver]:
+    """An OTLP/HTTP receiver the session's app sends its traces to (benchmarks/_otlp_receiver.py)."""
+    with otlp_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="session")
