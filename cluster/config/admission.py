@@ -73,9 +73,6 @@ class CacheConfig(_Strict):
     redis_retry_after_s: float = Field(default=5.0, ge=0)
     # Namespace of surge's keys in a shared Redis.
     redis_prefix: str = "surge:cache:"
-    # Entries the L2 keeps (the oldest go first) and the largest value it stores.
-    # One Redis call's limit: past it the lookup is a miss, and a Redis that fails is left alone this long.
-    # Namespace of surge's keys in a shared Redis.
 
 
 def _default_admit_fraction() -> dict[int, float]:

@@ -203,8 +203,8 @@ class SurgeConfig(BaseSettings):
     ray: RayConfig = RayConfig()
     routing: RoutingConfig = RoutingConfig()
     admission: AdmissionConfig = AdmissionConfig()
-    observability: ObservabilityConfig = ObservabilityConfig()
     batch: BatchApiConfig = BatchApiConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
     pools: list[PoolConfig] = Field(min_length=1)
 
     @classmethod
