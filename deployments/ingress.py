@@ -19,6 +19,7 @@ from deployments.admission.gate import AdmissionGate
 from deployments.dispatch import Dispatcher
 from deployments.errors import BadRequest, SurgeError, error_body
 from deployments.failures import validation_error
+from deployments.handles import for_this_process, transport
 from deployments.pipeline import RequestPipeline, Work
 from deployments.protocol import ChatCompletionRequest, CompletionRequest, models_list
 from deployments.traffic_router import RouteClient
@@ -54,10 +55,11 @@ class Ingress:
     """Parses and validates OpenAI requests; the pipeline admits, routes and answers them."""
 
     def __init__(self, config: SurgeConfig, handles: dict[str, DeploymentHandle], router: DeploymentHandle) -> None:
+        handles = {pool: for_this_process(handle) for pool, handle in handles.items()}
         self._handles = handles
         self._max_batch_items = config.ingress.max_batch_items
         self._gate = AdmissionGate(config.admission)
-        routes = RouteClient(router, config.route_table(), config.routing)
+        routes = RouteClient(for_this_process(router), config.route_table(), config.routing)
         dispatcher = Dispatcher(
             handles, routes, config.routing, config.server.request_timeout_s, config.ingress.batching
         )
@@ -81,7 +83,9 @@ class Ingress:
             body = error_body("a model pool is not answering", "service_unavailable_error", None, "not_ready")
             return JSONResponse(body, status_code=503)
         pools = {s["pool"]: s for s in stats}
-        return JSONResponse({"status": "ready", "pools": pools, "routing": self._routes.debug_state()})
+        transports = {pool: transport(handle) for pool, handle in self._handles.items()}
+        routing = self._routes.debug_state() | {"transport": transports}
+        return JSONResponse({"status": "ready", "pools": pools, "routing": routing})
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
