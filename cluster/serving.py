@@ -118,7 +118,7 @@ def serving_cluster(
         if not config.ray.address:  # a Ray we start: its HAProxy is ours to stop, after Serve and Ray
             stack.callback(_stop_leftover_haproxy, export_haproxy_pidfile())
         cluster = _start_ray(config, stack)
-        stack.callback(serve.shutdown)
+        stack.callback(_shutdown_serve, serve)
         serve.start(
             proxy_location=config.server.proxy_location,
             http_options={"host": config.server.host, "port": config.server.port},
@@ -139,6 +139,25 @@ def _deployment_not_failed(app_name: str) -> Callable[[], None]:
             raise RuntimeError(f"the surge app failed to deploy: {app.message}")
 
     return check
+
+
+def _ray_daemons_alive() -> bool:
+    """Whether the GCS and raylets this process started still run. A group SIGTERM (a terminal's Ctrl-C) reaches
+    them with the driver; asking their Serve controller to shut down would then only wait out its 30 s timeout."""
+    import psutil
+
+    try:
+        daemons = [c for c in psutil.Process().children(recursive=True) if c.name() in {"gcs_server", "raylet"}]
+        return all(c.status() != psutil.STATUS_ZOMBIE for c in daemons)
+    except psutil.Error:  # one exited while we looked
+        return False
+
+
+def _shutdown_serve(serve: Any) -> None:
+    if _ray_daemons_alive():
+        serve.shutdown()
+    else:
+        logger.warning("Ray's own processes are already gone; skipping Serve's graceful shutdown")
 
 
 def _stop_leftover_haproxy(pidfile: Path) -> None:
