@@ -8,7 +8,7 @@ MODEL := .cache/models/surge-tiny/surge-model.json
 FALLBACK_MODEL := .cache/models/surge-fallback/surge-model.json
 PYTEST_ARGS ?=
 
-.PHONY: run test lint venv models bench clean
+.PHONY: run test lint venv models bench clean loadtest
 
 venv: $(STAMP)
 
@@ -43,6 +43,16 @@ test: venv models lint
 
 bench: venv models
 	$(PY) -m benchmarks.overhead --quick
+
+# A short promo day (compressed 120x: ~45 s) against the cluster `make run` serves, with its development key.
+# Report, plots and per-SLO verdicts in $(LOADTEST_REPORT); exit code 0 when every SLO holds, 1 when one fails.
+LOADTEST_HOST ?= http://127.0.0.1:8000
+LOADTEST_REPORT ?= .cache/loadtest-report
+LOADTEST_ARGS ?=
+loadtest: venv
+	$(PY) -m loadtests run --scenario promo-day --host $(LOADTEST_HOST) --compress 120 --rate 0.5 \
+		--keys .cache/dev-api-key --tiers enterprise=1@1 --slo loadtests/data/slo-local.yaml \
+		--report $(LOADTEST_REPORT) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

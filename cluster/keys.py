@@ -1,4 +1,5 @@
-"""Manage API keys: `python -m cluster.keys create --tier pro --name NAME | list | revoke NAME_OR_ID`.
+"""Manage API keys: `python -m cluster.keys create --tier pro --name NAME | list | revoke NAME_OR_ID`, and
+OAuth clients: `python -m cluster.keys client create --tier pro --name NAME | client list | client revoke ID`.
 
 The key store is `--dsn`, else `$SURGE_KEY_STORE_DSN`, else the configuration's `admission.key_store_dsn`.
 A key's plaintext is printed once, by `create`, and is never stored or shown again.
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from cluster.client_cli import add_client_commands, run_client_command
 from cluster.config import AdmissionConfig
 from deployments.admission.store import ApiKey, KeyNameTakenError, KeyStore, open_store
 
@@ -72,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", parents=[dsn], help="list keys (never the keys themselves)")
     revoke = commands.add_parser("revoke", parents=[dsn], help="revoke a key by name or id")
     revoke.add_argument("name_or_id")
+    add_client_commands(commands, dsn)
     return parser
 
 
@@ -92,6 +95,8 @@ def _format_keys(keys: Sequence[ApiKey]) -> str:
 
 
 async def _run(args: argparse.Namespace, store: KeyStore) -> int:
+    if args.command == "client":
+        return await run_client_command(args, store)
     if args.command == "create":
         try:
             key, plaintext = await store.create_key(args.name, args.tier)
@@ -122,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for usage errors such as an unknown tier)."""
     args = _parser().parse_args(argv)
     config = admission_config()
-    if args.command == "create" and args.tier not in config.tiers:
+    creating = args.command == "create" or getattr(args, "client_command", None) == "create"
+    if creating and args.tier not in config.tiers:
         known = ", ".join(sorted(config.tiers))
         print(f"error: unknown tier {args.tier!r}; known tiers: {known}", file=sys.stderr)
         return _EXIT_USAGE

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cluster.config import PROJECT_ROOT, ConfigError, SurgeConfig, load_config
 from cluster.processes import port_holder
-from cluster.serving import serving
+from cluster.serving import metrics_url, serving
 
 __all__ = ["main"]
 
@@ -29,8 +29,26 @@ def _banner(url: str, config: SurgeConfig, key_line: str) -> str:
         f"{key_line}"
         f"  curl {url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
         f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n"
+        f"{_metrics_line(config)}"
         "Press Ctrl-C to stop.\n"
     )
+
+
+def _metrics_line(config: SurgeConfig) -> str:
+    url = metrics_url(config)
+    if not config.observability.metrics.enabled or url is None:
+        return ""
+    return f"Prometheus metrics (surge's ray_surge_*, vLLM's ray_vllm_*, Ray's own): {url}\n"
+
+
+def _dev_token_warning(config: SurgeConfig) -> str:
+    """A banner line when OAuth tokens will be signed with the generated development key."""
+    tokens = config.admission.tokens
+    configured = tokens.signing_key_files or os.environ.get(tokens.signing_key_env)
+    if not config.admission.enabled or not tokens.dev_key_file or configured:
+        return ""
+    return (f"  WARNING: OAuth access tokens are signed with a DEVELOPMENT key ({tokens.dev_key_file});"
+            " configure admission.tokens.signing_key_files for anything but local use.\n")  # fmt: skip
 
 
 def _dev_key(dsn: str) -> str:
@@ -69,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     key_line = ""
     if config.admission.enabled:
         key_line = f"  export SURGE_API_KEY={_dev_key(config.admission.key_store_dsn)}\n"
+        key_line += _dev_token_warning(config)
     stop = threading.Event()
     with serving(config) as url:
         # Installed after Ray starts: ray.init replaces SIGTERM's handler with one that exits at once.

@@ -15,7 +15,9 @@ from cluster.config import SurgeConfig
 from cluster.env import apply_process_env, ray_env
 from cluster.processes import export_haproxy_pidfile, stop_recorded_haproxy
 
-__all__ = ["base_url", "free_port", "isolate_serve_ports", "serving", "serving_cluster", "wait_ready"]
+__all__ = [
+    "base_url", "free_port", "isolate_serve_ports", "metrics_url", "serving", "serving_cluster", "wait_ready"
+]
 
 logger = logging.getLogger("surge.serving")
 
@@ -63,6 +65,19 @@ def wait_ready(
     raise TimeoutError(f"{url}{path} did not answer 200 within {timeout_s:g} s")
 
 
+def metrics_url(config: SurgeConfig) -> str | None:
+    """Where a local surge's Prometheus metrics are scraped (Ray's metrics export port), if fixed."""
+    port = config.observability.metrics.export_port
+    if config.ray.address or config.ray.local_nodes is not None or port is None:
+        return None  # the cluster's own ports (KubeRay: 8080 on every node; local nodes: Ray's choice)
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+def _metrics_port(config: SurgeConfig) -> dict[str, Any]:
+    port = config.observability.metrics.export_port
+    return {} if port is None else {"_metrics_export_port": port}
+
+
 def _start_ray(config: SurgeConfig, stack: ExitStack) -> Any:
     """Join `ray.address`, start a local multi-node cluster, or start a plain local Ray; returns the cluster."""
     import ray
@@ -90,6 +105,8 @@ def _start_ray(config: SurgeConfig, stack: ExitStack) -> Any:
         include_dashboard=False,
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
+        # Ray's metrics agent serves every Ray metric (surge's, vLLM's, Serve's) here, on the node's address.
+        **_metrics_port(config),
     )
     return None
 

@@ -11,10 +11,15 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from cluster.config import PoolConfig, SurgeConfig, load_config
+from cluster.config.mapping import config_from_mapping
 from cluster.env import engine_env
 from cluster.placement import Platform, detect_platform, plan_placement
+from deployments.batch.runner import BatchRunner
 from deployments.ingress import Ingress
 from deployments.model_replica import EngineFactory, ModelReplica, vllm_engine
+from deployments.observability import observability_env
+from deployments.pool_capacity import PoolSize
+from deployments.pool_scaling import serve_autoscaling_config
 from deployments.traffic_router import TrafficRouter
 
 __all__ = ["app_builder", "build_app", "pool_deployment_name", "pool_options"]
@@ -50,11 +55,26 @@ def pool_options(pool: PoolConfig, platform: Platform) -> tuple[dict[str, Any], 
     return options, pool.model_copy(update={"engine_args": engine_args})
 
 
-def _pool_app(pool: PoolConfig, engine_factory: EngineFactory, platform: Platform) -> Application:
+def _replica_count(pool: PoolConfig) -> dict[str, Any]:
+    """Serve's replica options: surge's autoscaling policy between the pool's bounds, or a fixed count."""
+    if not pool.autoscaling.enabled:
+        return {"num_replicas": pool.num_replicas}
+    return {"autoscaling_config": serve_autoscaling_config(pool, pool_deployment_name(pool))}
+
+
+def _pool_sizes(config: SurgeConfig) -> dict[str, PoolSize]:
+    return {
+        p.name: PoolSize(pool_deployment_name(p), p.max_ongoing_requests, p.num_replicas, p.autoscaling.cold_start_s)
+        for p in config.pools
+    }
+
+
+def _pool_app(pool: PoolConfig, engine_factory: EngineFactory, platform: Platform, env: dict[str, str]) -> Application:
     options, placed = pool_options(pool, platform)
+    options["ray_actor_options"]["runtime_env"]["env_vars"].update(env)  # observability settings for replicas
     deployment = serve.deployment(
         name=pool_deployment_name(pool),
-        num_replicas=pool.num_replicas,
+        **_replica_count(pool),
         max_ongoing_requests=pool.max_ongoing_requests,
         health_check_period_s=10,
         health_check_timeout_s=30,
@@ -70,10 +90,11 @@ def build_app(
 ) -> Application:
     """The ingress, the traffic router, and one replica pool per configured model."""
     platform = platform or _platform()
-    handles = {pool.name: _pool_app(pool, engine_factory, platform) for pool in config.pools}
+    obs_env = observability_env(config.observability)
+    handles = {pool.name: _pool_app(pool, engine_factory, platform, obs_env) for pool in config.pools}
     router = serve.deployment(name="traffic-router", num_replicas=1, ray_actor_options=_ON_HEAD_NODE, **_QUIET)(
         TrafficRouter
-    ).bind(config.routing, config.route_table(), config.server.request_timeout_s)
+    ).bind(config.routing, config.route_table(), config.server.request_timeout_s, _pool_sizes(config))
     ingress = serve.deployment(
         name="ingress",
         num_replicas=config.ingress.num_replicas,
@@ -82,9 +103,22 @@ def build_app(
         graceful_shutdown_timeout_s=5,
         **_QUIET,
     )(Ingress)
-    return ingress.bind(config, handles, router)
+    return ingress.bind(config, handles, router, _batch_runner(config, handles))
+
+
+def _batch_runner(config: SurgeConfig, handles: dict[str, Application]) -> Application | None:
+    """The Batch API's runner: one replica feeding batch lines to the pools on their idle capacity."""
+    if not config.batch.enabled:
+        return None
+    options = {"num_cpus": config.batch.runner.num_cpus}
+    deployment = serve.deployment(name="batch-runner", num_replicas=1, ray_actor_options=options, **_QUIET)
+    return deployment(BatchRunner).bind(config, handles)
 
 
 def app_builder(args: dict[str, Any]) -> Application:
-    """`serve run deployments.app:app_builder config=configs/local.yaml` (and RayService serveConfigV2)."""
-    return build_app(load_config(args.get("config")))
+    """`serve run deployments.app:app_builder config=configs/local.yaml`: `config` is a file; RayService
+    `serveConfigV2` (the Helm chart) passes the config itself as a mapping."""
+    config = args.get("config")
+    if isinstance(config, dict):
+        return build_app(config_from_mapping(config, "serveConfigV2 applications[].args.config"))
+    return build_app(load_config(config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -14,6 +15,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from cluster.config import BatchConfig, RouteConfig, RoutingConfig
+from deployments import observability
 from deployments.engines.base import GenerationBatch, GenerationChunk, GenerationRequest
 from deployments.errors import DeadlineExceeded, ServiceUnavailable, SurgeError
 from deployments.failures import as_surge_error
@@ -91,7 +93,9 @@ class Dispatcher:
             streams[pool] = cast(DeploymentResponseGenerator, self._stream_handles[pool].generate.remote(attempt))
             return streams[pool].__anext__()
 
+        started = time.monotonic()
         dispatched = await self._attempts(route, request, first_chunk, cancel=lambda pool: streams[pool].cancel())
+        self._routes.observe_ttft(dispatched.pool, time.monotonic() - started)  # admission's measured TTFT
         dispatched.stream = streams[dispatched.pool]
         return dispatched
 
@@ -116,6 +120,7 @@ class Dispatcher:
             # A retry forgets prefix affinity: the preferred replica may be the one that just failed (a lost node
             # is declared dead seconds after its calls stop answering).
             this_try = request if attempt == 1 else replace(request, routing_key=None)
+            this_try = observability.dispatching(this_try, decision, attempt)
             try:
                 chunk = await self._one_attempt(decision.pool, call, this_try, cancel, deadline)
                 return Dispatched(decision, chunk)

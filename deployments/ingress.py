@@ -15,7 +15,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import SurgeConfig
+from deployments import observability
 from deployments.admission.gate import AdmissionGate
+from deployments.batch import routes as batch_routes
 from deployments.dispatch import Dispatcher
 from deployments.errors import BadRequest, SurgeError, error_body
 from deployments.failures import validation_error
@@ -28,6 +30,9 @@ __all__ = ["Ingress", "app"]
 
 logger = logging.getLogger("surge.ingress")
 app = FastAPI(title="surge", description="OpenAI-compatible LLM serving on Ray Serve + vLLM")
+observability.install(app)
+# OpenAI's Batch API (/v1/files, /v1/batches); its routes and logic live in deployments/batch/.
+app.include_router(batch_routes.router)
 
 
 @app.exception_handler(SurgeError)
@@ -54,17 +59,25 @@ class BatchChatRequest(BaseModel):
 class Ingress:
     """Parses and validates OpenAI requests; the pipeline admits, routes and answers them."""
 
-    def __init__(self, config: SurgeConfig, handles: dict[str, DeploymentHandle], router: DeploymentHandle) -> None:
+    def __init__(
+        self,
+        config: SurgeConfig,
+        handles: dict[str, DeploymentHandle],
+        router: DeploymentHandle,
+        batch_runner: DeploymentHandle | None = None,  # bound so Serve deploys it; the ingress never calls it
+    ) -> None:
         handles = {pool: for_this_process(handle) for pool, handle in handles.items()}
         self._handles = handles
         self._max_batch_items = config.ingress.max_batch_items
         self._gate = AdmissionGate(config.admission)
+        batch_routes.install(config, self._gate)
         routes = RouteClient(for_this_process(router), config.route_table(), config.routing)
         dispatcher = Dispatcher(
             handles, routes, config.routing, config.server.request_timeout_s, config.ingress.batching
         )
         self._pipeline = RequestPipeline(self._gate, routes, dispatcher)
         self._routes = routes
+        observability.configure_ingress(config.observability, [p.name for p in config.pools], routes.debug_state)
         self._model_roots = {
             model: config.pool(route.primary).model_id for model, route in config.route_table().items()
         }
@@ -86,6 +99,18 @@ class Ingress:
         transports = {pool: transport(handle) for pool, handle in self._handles.items()}
         routing = self._routes.debug_state() | {"transport": transports}
         return JSONResponse({"status": "ready", "pools": pools, "routing": routing})
+
+    @app.post("/oauth/token")
+    async def oauth_token(self, request: Request) -> JSONResponse:
+        """OAuth 2.0 client credentials (RFC 6749 §4.4): a form body in, a signed access token out."""
+        reply = await self._gate.identity.issue(
+            request.headers.get("content-type"), request.headers.get("authorization"), await request.body()
+        )
+        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+    @app.get("/.well-known/jwks.json")
+    async def jwks(self) -> dict[str, Any]:
+        return self._gate.identity.jwks()
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:

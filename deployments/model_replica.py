@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, replace
 from typing import Any
 
 from cluster.config import PoolConfig
+from deployments import observability
 from deployments.engines.base import (
     Engine,
     GenerationBatch,
@@ -19,10 +21,12 @@ from deployments.engines.base import (
     TextPrompt,
 )
 from deployments.errors import BadRequest, ContextLengthExceeded, SurgeError
+from deployments.replica_load import ReplicaLoad
 
 __all__ = ["EngineFactory", "ModelReplica", "vllm_engine"]
 
 logger = logging.getLogger("surge.replica")
+_LOWEST_TIER_PRIORITY = 5  # batch lines run below it (batch.runner.priority)
 EngineFactory = Callable[[PoolConfig], Engine]
 
 
@@ -56,12 +60,17 @@ class ModelReplica:
         self, pool: PoolConfig, engine_factory: EngineFactory = vllm_engine
     ) -> None:
         self._pool = pool
+        self._load = ReplicaLoad()
         self._engine = engine_factory(pool)
         self._aborted = 0
+        # Requests of the tiers' priorities (1..5) ever started here: the batch runner yields when it grows, which
+        # catches requests too short to be seen in a sample of the engine's queue.
+        self._interactive_started = 0
         self._batches = 0
         self._batched_requests = 0
         self._replica_id = _replica_id()
         await self._warm_up()
+        self._load.ready()
         logger.info("replica of pool %s ready (max_model_len=%d)", pool.name, self._engine.max_model_len)
 
     async def _warm_up(self) -> None:
@@ -92,14 +101,22 @@ class ModelReplica:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream chunks; a cancelled caller (client gone) aborts the engine request."""
         token_ids, sampling = self._prepare(request)
+        if request.priority <= _LOWEST_TIER_PRIORITY:
+            self._interactive_started += 1
         finished = False
         replica_id = self._replica_id
+        started = time.monotonic()
+        span = observability.replica_span(self._pool.name, request)
         try:
             async for chunk in self._engine.generate(request.request_id, token_ids, sampling, request.priority):
                 finished = chunk.finish_reason is not None
+                if started:
+                    self._load.first_token(time.monotonic() - started)
+                    started = 0.0
                 yield replace(chunk, replica_id=replica_id) if replica_id else chunk
                 replica_id = ""
         finally:
+            observability.end_span(span)
             if not finished:
                 self._aborted += 1
                 await self._engine.abort(request.request_id)
@@ -125,10 +142,15 @@ class ModelReplica:
     async def stats(self) -> dict[str, Any]:
         counters = {
             "aborted_requests": self._aborted,
+            "interactive_started": self._interactive_started,
             "batches": self._batches,
             "batched_requests": self._batched_requests,
         }
         return {"pool": self._pool.name, **counters, **asdict(self._engine.stats())}
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics hook: engine queue and KV use, recent TTFT, start-up time."""
+        return self._load.report(self._engine.stats())
 
     async def check_health(self) -> None:
         """Serve's periodic health check: an engine that died marks the replica unhealthy."""

@@ -16,11 +16,12 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from cluster.config import RouteConfig
+from deployments import observability
 from deployments.admission.decisions import Reservation
 from deployments.admission.gate import AdmissionGate, Tenant, prompt_token_bound
 from deployments.dispatch import Dispatched, Dispatcher
 from deployments.engines.base import GenerationChunk, GenerationRequest, Prompt
-from deployments.errors import ModelNotFound, SurgeError
+from deployments.errors import ModelNotFound, ServiceUnavailable, SurgeError
 from deployments.failures import as_surge_error
 from deployments.protocol import ResponseShape, sse
 from deployments.protocol.common import SamplingFields
@@ -103,12 +104,17 @@ class RequestPipeline:
             raise ModelNotFound(f"The model '{body.model}' does not exist", param="model")
         gate.check_model(tenant, body.model)
         priority = gate.priority(tenant, body.priority)
+        observability.classified(tenant, route.model, route.primary, priority)
         sampling = body.sampling()
         cap = gate.max_tokens(tenant, sampling.max_tokens)
         if tenant.tier is not None:
             sampling = replace(sampling, max_tokens=sampling.max_tokens and cap, max_tokens_cap=cap)
         primary = route.primary
-        gate.shed(priority, primary, self._routes.queue_depth(primary))
+        try:
+            gate.shed(priority, primary, self._routes.queue_depth(primary), self._routes.capacity(primary))
+        except ServiceUnavailable:
+            self._routes.note_shed(primary)  # the autoscaler does not scale in a pool that sheds
+            raise
         # Counted from here, not from dispatch: a burst must see itself while it awaits the quota store.
         self._routes.hold(primary)
         try:
@@ -124,16 +130,17 @@ class RequestPipeline:
         return _Admitted(route, primary, request, shape, reservation, key)
 
     async def _complete(self, admitted: _Admitted) -> tuple[dict[str, Any], dict[str, str]]:
-        chunk, headers = self._cached(admitted)
+        chunk, headers = await self._cached(admitted)
         if chunk is None:
             dispatched = await self._dispatcher.complete(admitted.route, admitted.request)
             chunk, headers = dispatched.chunk, {**headers, **dispatched.headers()}
             self._remember(admitted, chunk, headers)
+        observability.finished(chunk)
         self._settle_later(admitted.reservation, 0 if headers.get("X-Cache") == "hit" else _used(chunk))
         return admitted.shape.full(chunk, chunk.text), {**headers, **self._gate.headers(admitted.reservation)}
 
     async def _stream(self, admitted: _Admitted, include_usage: bool) -> StreamingResponse:
-        chunk, headers = self._cached(admitted)
+        chunk, headers = await self._cached(admitted)
         if chunk is not None:
             self._settle_later(admitted.reservation, 0)
             self._routes.release(admitted.primary)
@@ -146,6 +153,7 @@ class RequestPipeline:
                 self._dispatcher.stream_ended(dispatched, ok)
                 self._routes.release(admitted.primary)
                 self._settle_later(admitted.reservation, _used(last))
+                observability.finished(last)
                 if ok:
                     self._remember(admitted, replace(last, text=text), headers)
 
@@ -153,10 +161,11 @@ class RequestPipeline:
         all_headers = {"Cache-Control": "no-cache", **headers, **self._gate.headers(admitted.reservation)}
         return StreamingResponse(events, media_type="text/event-stream", headers=all_headers)
 
-    def _cached(self, admitted: _Admitted) -> tuple[GenerationChunk | None, dict[str, str]]:
+    async def _cached(self, admitted: _Admitted) -> tuple[GenerationChunk | None, dict[str, str]]:
         if admitted.cache_key is None:
             return None, {}
-        hit = self._gate.cache.get(admitted.cache_key)
+        hit = await self._gate.responses.get(admitted.cache_key)
+        observability.cache_lookup(hit is not None)
         if hit is None:
             return None, {"X-Cache": "miss"}
         chunk, headers = hit
@@ -164,7 +173,7 @@ class RequestPipeline:
 
     def _remember(self, admitted: _Admitted, chunk: GenerationChunk, headers: dict[str, str]) -> None:
         if admitted.cache_key is not None and chunk.finish_reason in {"stop", "length"}:
-            self._gate.cache.put(admitted.cache_key, (chunk, {k: v for k, v in headers.items() if k != "X-Cache"}))
+            self._gate.responses.put(admitted.cache_key, (chunk, {k: v for k, v in headers.items() if k != "X-Cache"}))
 
     def _settle_later(self, reservation: Reservation | None, actual_tokens: int) -> None:
         """Accounting must survive a client that leaves, so it runs as its own task."""

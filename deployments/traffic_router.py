@@ -12,11 +12,14 @@ import logging
 import random
 import time
 from collections import Counter
+from dataclasses import asdict, replace
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
 from cluster.config import RouteConfig, RoutingConfig
+from deployments.admission.capacity import PoolCapacity
+from deployments.pool_capacity import CapacityWatch, PoolSize
 from deployments.routing import (
     BreakerPolicy,
     BreakerState,
@@ -30,15 +33,24 @@ from deployments.routing import (
 __all__ = ["RouteClient", "TrafficRouter"]
 
 logger = logging.getLogger("surge.router")
+# Weight of the newest stream's TTFT in the ingress's running estimate (about the last ten streams).
+_TTFT_WEIGHT = 0.1
 
 
 class TrafficRouter:
     """Model → pool decisions with canary weights, per-pool circuit breakers and fallback pools."""
 
-    def __init__(self, routing: RoutingConfig, routes: dict[str, RouteConfig], timeout_s: float) -> None:
+    def __init__(
+        self,
+        routing: RoutingConfig,
+        routes: dict[str, RouteConfig],
+        timeout_s: float,
+        pool_sizes: dict[str, PoolSize] | None = None,
+    ) -> None:
         self._routes = routes
         self._policy = BreakerPolicy(routing.breaker_failures, routing.breaker_open_s, timeout_s)
         self._breakers: dict[str, BreakerState] = {}
+        self._capacity = CapacityWatch(pool_sizes or {})
 
     def _admits(self, pool: str) -> bool:
         decision, self._breakers[pool] = allow_request(self._breaker(pool), time.monotonic(), self._policy)
@@ -63,6 +75,13 @@ class TrafficRouter:
                 logger.warning("pool %s breaker %s -> %s", pool, before, self._breakers[pool].status)
         return self.statuses(now)
 
+    async def capacity(self, shed_pools: list[str] | None = None) -> dict[str, PoolCapacity]:
+        """Running and starting replicas per pool, as last polled (shedding follows them); `shed_pools` shed
+        requests since the caller's last call (the autoscaler does not scale them in)."""
+        if shed_pools:
+            await self._capacity.note_shed(shed_pools)
+        return self._capacity.snapshot()
+
     def statuses(self, now: float) -> dict[str, str]:
         """Breaker status per pool as a snapshot reader should act on it (an expired open is half-open)."""
         result = {}
@@ -86,6 +105,9 @@ class RouteClient:
         self._outcomes: list[tuple[str, bool]] = []
         self._in_flight: Counter[str] = Counter()
         self._held: Counter[str] = Counter()
+        self._capacity: dict[str, PoolCapacity] = {}
+        self._ttft_s: dict[str, float] = {}
+        self._shed: set[str] = set()
         self._failed = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
         self._rng = random.Random()
@@ -114,6 +136,20 @@ class RouteClient:
         """Requests this ingress replica has admitted for `pool` and not finished: its cheap, local view of
         the pool's queue (shedding reads it)."""
         return self._held[pool]
+
+    def capacity(self, pool: str) -> PoolCapacity | None:
+        """The pool's live capacity from the router's last snapshot, with the TTFT this ingress measured."""
+        known = self._capacity.get(pool)
+        return None if known is None else replace(known, ttft_s=self._ttft_s.get(pool))
+
+    def observe_ttft(self, pool: str, ttft_s: float) -> None:
+        """A stream's first token arrived after `ttft_s` (queueing at the ingress and the engine included)."""
+        last = self._ttft_s.get(pool)
+        self._ttft_s[pool] = ttft_s if last is None else last + _TTFT_WEIGHT * (ttft_s - last)
+
+    def note_shed(self, pool: str) -> None:
+        """Admission shed a request for `pool`; the autoscaler hears of it with the next snapshot."""
+        self._shed.add(pool)
 
     def hold(self, pool: str) -> None:
         self._held[pool] += 1
@@ -144,9 +180,21 @@ class RouteClient:
             except Exception as exc:
                 logger.warning("traffic router unreachable: %r", exc)
                 self._outcomes = outcomes + self._outcomes
+            await self._sync_capacity()
             self._failed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._failed.wait(), timeout=self._interval_s)
 
+    async def _sync_capacity(self) -> None:
+        try:
+            shed, self._shed = self._shed, set()
+            self._capacity = await self._router.capacity.remote(sorted(shed))
+        except Exception as exc:  # keep the last snapshot; admission then decides on it
+            logger.debug("pool capacity not refreshed: %r", exc)
+
     def debug_state(self) -> dict[str, Any]:
-        return {"breakers": dict(self._statuses), "in_flight": dict(self._in_flight), "admitted": dict(self._held)}
+        capacity = {pool: asdict(c) for pool, c in self._capacity.items()}
+        return {
+            "breakers": dict(self._statuses), "in_flight": dict(self._in_flight), "admitted": dict(self._held),
+            "capacity": capacity,
+        }

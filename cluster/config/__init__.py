@@ -10,6 +10,10 @@ from cluster.config.admission import (
     TierConfig,
     default_tiers,
 )
+from cluster.config.autoscaling import PoolAutoscalingConfig
+from cluster.config.batch import BatchApiConfig, BatchRunnerConfig
+from cluster.config.identity import ASYMMETRIC_ALGORITHMS, IssuerConfig, NotifyConfig, SmtpConfig, TokenConfig
+from cluster.config.observability import MetricsConfig, ObservabilityConfig, TracingConfig
 from cluster.config.paths import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 from cluster.config.surge import (
     BatchConfig,
@@ -26,23 +30,34 @@ from cluster.config.surge import (
 )
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_KEY_STORE_DSN",
     "PROJECT_ROOT",
     "AdmissionConfig",
+    "BatchApiConfig",
     "BatchConfig",
+    "BatchRunnerConfig",
     "CacheConfig",
     "ConfigError",
     "IngressConfig",
+    "IssuerConfig",
     "LocalNodesConfig",
+    "MetricsConfig",
+    "NotifyConfig",
+    "ObservabilityConfig",
+    "PoolAutoscalingConfig",
     "PoolConfig",
     "RayConfig",
     "RouteConfig",
     "RoutingConfig",
     "ServerConfig",
     "ShedConfig",
+    "SmtpConfig",
     "SurgeConfig",
     "TierConfig",
+    "TokenConfig",
+    "TracingConfig",
     "default_tiers",
     "load_config",
 ]

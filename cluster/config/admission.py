@@ -6,6 +6,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cluster.config.identity import IssuerConfig, NotifyConfig, TokenConfig
+
 __all__ = [
     "DEFAULT_KEY_STORE_DSN",
     "AdmissionConfig",
@@ -37,6 +39,13 @@ class TierConfig(_Strict):
     default_priority: int = Field(ge=1, le=5)
     # The best (numerically lowest) priority a request of this tier may ask for.
     max_priority: int = Field(ge=1, le=5)
+    # Call and token quotas per UTC day and calendar month (UTC); None is no such quota.
+    daily_call_quota: int | None = Field(default=None, ge=1)
+    monthly_call_quota: int | None = Field(default=None, ge=1)
+    monthly_token_quota: int | None = Field(default=None, ge=1)
+    # Where quota warnings for this tier's tenants go when the tenant has no address of its own.
+    warning_webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    warning_email: str | None = None
 
     @model_validator(mode="after")
     def _max_not_worse_than_default(self) -> TierConfig:
@@ -49,11 +58,24 @@ class TierConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """The in-process response cache for deterministic requests."""
+    """The response cache for deterministic requests: in-process (L1), and in Redis (L2) when redis_url is set."""
 
     enabled: bool = True
     ttl_s: float = Field(default=300.0, gt=0)
     max_entries: int = Field(default=10_000, ge=1)
+    # redis://host:port/db (or rediss://): an L2 shared by every ingress replica; None is L1 only.
+    redis_url: str | None = Field(default=None, pattern=r"^rediss?://")
+    # Entries the L2 keeps (the oldest go first) and the largest value it stores.
+    redis_max_entries: int = Field(default=100_000, ge=1)
+    redis_max_value_bytes: int = Field(default=1 << 20, ge=1)
+    # One Redis call's limit: past it the lookup is a miss, and a Redis that fails is left alone this long.
+    redis_timeout_s: float = Field(default=0.05, gt=0)
+    redis_retry_after_s: float = Field(default=5.0, ge=0)
+    # Namespace of surge's keys in a shared Redis.
+    redis_prefix: str = "surge:cache:"
+    # Entries the L2 keeps (the oldest go first) and the largest value it stores.
+    # One Redis call's limit: past it the lookup is a miss, and a Redis that fails is left alone this long.
+    # Namespace of surge's keys in a shared Redis.
 
 
 def _default_admit_fraction() -> dict[int, float]:
@@ -61,14 +83,20 @@ def _default_admit_fraction() -> dict[int, float]:
 
 
 class ShedConfig(_Strict):
-    """Priority p is admitted while its pool's queue depth < queue_limit * admit_fraction[p]."""
+    """Priority p is admitted while its pool's queue depth < limit * admit_fraction[p], where the limit follows
+    the pool's live capacity (running replicas x max_ongoing_requests) unless fixed by queue_limit. While the
+    measured TTFT misses the SLO, priorities below slo_protected_priority get a proportionally smaller share."""
 
-    queue_limit: int = Field(default=64, ge=1)
-    # Per-pool overrides of queue_limit, by pool name.
+    # A fixed limit for every pool; None follows each pool's live capacity (a pool that grows sheds later).
+    queue_limit: int | None = Field(default=None, ge=1)
+    # Per-pool fixed limits, by pool name (win over queue_limit and capacity).
     pool_queue_limits: dict[str, int] = Field(default_factory=dict)
     admit_fraction: dict[int, float] = Field(default_factory=_default_admit_fraction)
-    # What a shed request is told to wait before retrying.
+    # What a shed request is told to wait before retrying when no replica is on its way.
     retry_after_s: int = Field(default=1, ge=1)
+    # The top tiers' time-to-first-token promise, and the priorities it protects (1..this keep their share).
+    ttft_slo_s: float = Field(default=2.0, gt=0)
+    slo_protected_priority: int = Field(default=2, ge=1, le=5)
 
     @field_validator("pool_queue_limits")
     @classmethod
@@ -90,8 +118,8 @@ class ShedConfig(_Strict):
             raise ValueError("admit_fraction must not grow as priority falls (lowest priority sheds first)")
         return fractions
 
-    def queue_limit_for(self, pool: str | None) -> int:
-        """The queue limit of `pool` (the default when it has no override)."""
+    def queue_limit_for(self, pool: str | None) -> int | None:
+        """The fixed queue limit of `pool`, or None when it follows the pool's live capacity."""
         return self.pool_queue_limits.get(pool, self.queue_limit) if pool else self.queue_limit
 
 
@@ -99,11 +127,11 @@ def default_tiers() -> dict[str, TierConfig]:
     """The free / pro / enterprise tiers surge ships with."""
     return {
         "free": TierConfig(
-            rpm=20, tpm=10_000, daily_token_quota=100_000, max_tokens_cap=256,
+            rpm=20, tpm=10_000, daily_token_quota=100_000, max_tokens_cap=256, daily_call_quota=500,
             allowed_models=["*"], default_priority=5, max_priority=4,
         ),
         "pro": TierConfig(
-            rpm=600, tpm=200_000, daily_token_quota=5_000_000, max_tokens_cap=2048,
+            rpm=600, tpm=200_000, daily_token_quota=5_000_000, max_tokens_cap=2048, monthly_call_quota=100_000,
             allowed_models=["*"], default_priority=3, max_priority=2,
         ),
         "enterprise": TierConfig(
@@ -125,6 +153,20 @@ class AdmissionConfig(_Strict):
     quota_warning_fraction: float = Field(default=0.8, gt=0, le=1)
     cache: CacheConfig = CacheConfig()
     shed: ShedConfig = ShedConfig()
+    tokens: TokenConfig = TokenConfig()
+    issuers: list[IssuerConfig] = Field(default_factory=list)
+    notify: NotifyConfig = NotifyConfig()
+
+    @model_validator(mode="after")
+    def _issuer_tiers_exist(self) -> AdmissionConfig:
+        for issuer in self.issuers:
+            named = [*issuer.tier_map.values(), *([issuer.default_tier] if issuer.default_tier else [])]
+            unknown = sorted(set(named) - set(self.tiers))
+            if unknown:
+                raise ValueError(f"issuer {issuer.name!r} maps to unknown tiers: {', '.join(unknown)}")
+        if len({issuer.name for issuer in self.issuers}) != len(self.issuers):
+            raise ValueError("issuer names must be unique")
+        return self
 
     @field_validator("key_store_dsn")
     @classmethod

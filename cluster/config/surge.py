@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cluster.config.admission import AdmissionConfig
+from cluster.config.autoscaling import PoolAutoscalingConfig
+from cluster.config.batch import BatchApiConfig
+from cluster.config.observability import ObservabilityConfig
 from cluster.config.paths import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 
 __all__ = [
@@ -109,6 +112,8 @@ class PoolConfig(_Strict):
     # Concurrent requests one replica accepts; measured engine capacity, not Serve's default of 5.
     max_ongoing_requests: int = Field(128, ge=1)
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    # Replica count decided by surge's policy between these bounds (num_replicas is the initial count).
+    autoscaling: PoolAutoscalingConfig = PoolAutoscalingConfig()
 
     @property
     def model_id(self) -> str:
@@ -198,6 +203,8 @@ class SurgeConfig(BaseSettings):
     ray: RayConfig = RayConfig()
     routing: RoutingConfig = RoutingConfig()
     admission: AdmissionConfig = AdmissionConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+    batch: BatchApiConfig = BatchApiConfig()
     pools: list[PoolConfig] = Field(min_length=1)
 
     @classmethod

@@ -12,6 +12,8 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from cluster.config import ShedConfig, TierConfig
+from deployments.admission.capacity import PoolCapacity, capacity_shed_decision
+from deployments.admission.quotas import QUOTA_KINDS, PeriodUsage, QuotaState, quota_headers, tier_quotas
 
 __all__ = [
     "DAY_S",
@@ -42,7 +44,7 @@ MINUTE_S = 60
 DAY_S = 86_400
 LOWEST_PRIORITY = 5
 
-LimitKind = Literal["requests", "tokens", "daily_tokens"]
+LimitKind = Literal["requests", "tokens", "daily_tokens", "daily_requests", "monthly_requests", "monthly_tokens"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +75,29 @@ class LimitSnapshot:
     reset_s: int  # both minute windows reset together
     daily_token_quota: int
     daily_tokens_used: int
+    # Every configured call/token quota per day and month, after this request's charge.
+    quotas: tuple[QuotaState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class WindowUsage:
-    """What a key has used in the current minute window and the current UTC day."""
+    """What a key has used in the current minute window, the current UTC day and month."""
 
     minute_requests: int = 0
     minute_tokens: int = 0
     day_tokens: int = 0
+    day_requests: int = 0
+    month_requests: int = 0
+    month_tokens: int = 0
+
+    def periods(self) -> PeriodUsage:
+        return PeriodUsage(self.day_requests, self.day_tokens, self.month_requests, self.month_tokens)
+
+    def charged(self, requests: int, tokens: int) -> WindowUsage:
+        return WindowUsage(
+            self.minute_requests + requests, self.minute_tokens + tokens, self.day_tokens + tokens,
+            self.day_requests + requests, self.month_requests + requests, self.month_tokens + tokens,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +121,8 @@ class Reservation:
     requests: int
     tokens: int
     snapshot: LimitSnapshot
+    # Quotas that reached the warning fraction with this charge and were not yet warned about this period.
+    warnings: tuple[QuotaState, ...] = ()
 
     def headers(self, warning_fraction: float = 0.8) -> dict[str, str]:
         """The X-RateLimit-* (and X-Quota-Warning) headers for the response."""
@@ -123,9 +141,11 @@ class Rejection:
 
     def headers(self, warning_fraction: float = 0.8) -> dict[str, str]:
         """Retry-After plus the X-RateLimit-* headers for the 429 response."""
+        exceeded = {"X-Quota-Exceeded": self.limit} if self.limit in QUOTA_KINDS else {}
         return {
             "Retry-After": str(self.retry_after_s),
             **rate_limit_headers(self.snapshot, warning_fraction=warning_fraction),
+            **exceeded,
         }
 
 
@@ -154,14 +174,12 @@ def cap_max_tokens(requested: int | None, tier: TierConfig, context_room: int | 
     return max(0, wanted)
 
 
-def shed_decision(priority: int, queue_depth: int, shed: ShedConfig, *, pool: str | None = None) -> ShedDecision:
-    """Admit priority p while the pool's queue depth < queue_limit * admit_fraction[p]."""
-    priority = min(max(priority, 1), LOWEST_PRIORITY)
-    threshold = shed.queue_limit_for(pool) * shed.admit_fraction[priority]
-    comparison = f"queue depth {queue_depth} {{}} {threshold:g} for priority {priority}"
-    if queue_depth < threshold:
-        return ShedDecision(True, 0, comparison.format("<"))
-    return ShedDecision(False, shed.retry_after_s, "overloaded: " + comparison.format(">="))
+def shed_decision(
+    priority: int, queue_depth: int, shed: ShedConfig, *, pool: str | None = None, capacity: PoolCapacity | None = None
+) -> ShedDecision:
+    """Admit priority p while the pool's queue depth < limit * admit_fraction[p]; the limit follows the pool's
+    live capacity unless fixed, and shrinks for unprotected priorities while TTFT misses the SLO."""
+    return ShedDecision(*capacity_shed_decision(priority, queue_depth, shed, capacity, pool))
 
 
 def window_start(now: float, window_s: int) -> int:
@@ -182,10 +200,13 @@ def day_of(now: float) -> date:
 def rate_limit_decision(
     used: WindowUsage, *, now: float, requests: int, tokens: int, tier: TierConfig
 ) -> LimitDecision:
-    """Whether charging `requests` and `tokens` keeps rpm, tpm and the daily quota within the tier."""
-    reset_min, reset_day = reset_seconds(now, MINUTE_S), reset_seconds(now, DAY_S)
+    """Whether charging `requests` and `tokens` keeps rpm, tpm and every day and month quota within the tier."""
+    reset_min = reset_seconds(now, MINUTE_S)
     checks: list[tuple[LimitKind, str, int, int, int, int]] = [
-        ("daily_tokens", "daily token quota", used.day_tokens, tokens, tier.daily_token_quota, reset_day),
+        (q.kind, q.label, q.used, requests if q.unit == "requests" else tokens, q.limit, q.reset_s)
+        for q in tier_quotas(tier, used.periods(), now)
+    ]
+    checks += [
         ("tokens", "tokens per minute", used.minute_tokens, tokens, tier.tpm, reset_min),
         ("requests", "requests per minute", used.minute_requests, requests, tier.rpm, reset_min),
     ]
@@ -197,9 +218,9 @@ def rate_limit_decision(
     if failures:
         # The limit that keeps the request out longest is the one worth reporting.
         retry_after_s, limit, reason = max(failures, key=lambda failure: failure[0])
-        return LimitDecision(False, limit, retry_after_s, reason, _snapshot(used, tier, reset_min))
-    charged = WindowUsage(used.minute_requests + requests, used.minute_tokens + tokens, used.day_tokens + tokens)
-    return LimitDecision(True, None, 0, "within limits", _snapshot(charged, tier, reset_min))
+        return LimitDecision(False, limit, retry_after_s, reason, _snapshot(used, tier, reset_min, now))
+    charged = used.charged(requests, tokens)
+    return LimitDecision(True, None, 0, "within limits", _snapshot(charged, tier, reset_min, now))
 
 
 def _over(what: str, used: int, asked: int, limit: int) -> str:
@@ -207,7 +228,7 @@ def _over(what: str, used: int, asked: int, limit: int) -> str:
     return f"{what} exceeded: {used} used + {asked} asked > {limit}{never}"
 
 
-def _snapshot(used: WindowUsage, tier: TierConfig, reset_s: int) -> LimitSnapshot:
+def _snapshot(used: WindowUsage, tier: TierConfig, reset_s: int, now: float) -> LimitSnapshot:
     return LimitSnapshot(
         limit_requests=tier.rpm,
         remaining_requests=max(0, tier.rpm - used.minute_requests),
@@ -216,6 +237,7 @@ def _snapshot(used: WindowUsage, tier: TierConfig, reset_s: int) -> LimitSnapsho
         reset_s=reset_s,
         daily_token_quota=tier.daily_token_quota,
         daily_tokens_used=used.day_tokens,
+        quotas=tuple(tier_quotas(tier, used.periods(), now)),
     )
 
 
@@ -252,6 +274,7 @@ def rate_limit_headers(limits: LimitSnapshot, *, warning_fraction: float = 0.8) 
         "X-RateLimit-Remaining-Tokens": str(limits.remaining_tokens),
         "X-RateLimit-Reset-Requests": reset,
         "X-RateLimit-Reset-Tokens": reset,
+        **quota_headers(limits.quotas),
     }
     warning = quota_warning(limits, warning_fraction)
     if warning is not None:

@@ -7,12 +7,14 @@ short-lived key cache, the response cache) and turns their decisions into the on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cluster.config import AdmissionConfig, TierConfig
 from deployments.admission.cache import ResponseCache, cache_key
+from deployments.admission.capacity import PoolCapacity
 from deployments.admission.decisions import (
     Rejection,
     Reservation,
@@ -21,7 +23,11 @@ from deployments.admission.decisions import (
     clamp_priority,
     shed_decision,
 )
+from deployments.admission.identity import Identity, Principal
+from deployments.admission.notify import Destination, Notifier
+from deployments.admission.shared_cache import RedisCache, TieredCache
 from deployments.admission.store import ApiKey, KeyStore, hash_key, open_store
+from deployments.admission.tokens import looks_like_jwt
 from deployments.engines.base import ChatPrompt, Prompt, SamplingSpec, TextPrompt
 from deployments.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 
@@ -31,6 +37,16 @@ __all__ = ["ANONYMOUS", "AdmissionGate", "Tenant", "prompt_token_bound"]
 _KEY_CACHE_S = 5.0
 # Chat templates add a few tokens per message (role headers, end-of-turn).
 _TEMPLATE_TOKENS_PER_MESSAGE = 16
+# How long closing waits for quota warnings still being delivered.
+_NOTIFY_DRAIN_S = 5.0
+
+
+def _destination(
+    tenant: str, tier_name: str, tier: TierConfig, webhook_url: str | None, email: str | None
+) -> Destination | None:
+    """The tenant's own addresses, else its tier's; None when there is nowhere to send a warning."""
+    webhook_url, email = webhook_url or tier.warning_webhook_url, email or tier.warning_email
+    return Destination(tenant, tier_name, webhook_url, email) if webhook_url or email else None
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,8 @@ class Tenant:
     name: str
     tier: TierConfig | None
     key: ApiKey | None = None
+    # Where its quota warnings go; None when nobody is to be told.
+    notify: Destination | None = None
 
 
 ANONYMOUS = Tenant("anonymous", None)
@@ -65,6 +83,10 @@ class AdmissionGate:
         self._store_lock = asyncio.Lock()
         self._keys: dict[str, tuple[float, ApiKey | None]] = {}
         self.cache: ResponseCache[Any] = ResponseCache(config.cache.ttl_s, config.cache.max_entries)
+        # `cache` is L1; `responses` puts the Redis L2 behind it when cache.redis_url is set.
+        self.responses = TieredCache(self.cache, RedisCache(config.cache) if config.cache.redis_url else None)
+        self.identity = Identity(config, self.store)
+        self.notifier = Notifier(config.notify)
 
     @property
     def enabled(self) -> bool:
@@ -83,13 +105,24 @@ class AdmissionGate:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
+        if looks_like_jwt(token.strip()):
+            return self._principal_tenant(await self.identity.principal(token.strip()))
         key = await self._lookup(token.strip())
         if key is None:
             raise Unauthorized("Incorrect or revoked API key provided.")
         tier = self._config.tiers.get(key.tier)
         if tier is None:
             raise Forbidden(f"The key's tier {key.tier!r} is not configured on this server.", code="unknown_tier")
-        return Tenant(key.id, tier, key)
+        return Tenant(key.id, tier, key, _destination(key.id, key.tier, tier, None, None))
+
+    def _principal_tenant(self, principal: Principal) -> Tenant:
+        tier = self._config.tiers.get(principal.tier)
+        if tier is None:
+            message = f"The token's tier {principal.tier!r} is not configured on this server."
+            raise Forbidden(message, code="unknown_tier")
+        key = ApiKey(principal.id, principal.name, principal.tier, "principal", 0.0)
+        notify = _destination(principal.id, principal.tier, tier, principal.webhook_url, principal.email)
+        return Tenant(principal.id, tier, key, notify)
 
     async def _lookup(self, plaintext: str) -> ApiKey | None:
         digest = hash_key(plaintext)
@@ -115,11 +148,11 @@ class AdmissionGate:
     def max_tokens(self, tenant: Tenant, requested: int | None) -> int | None:
         return requested if tenant.tier is None else cap_max_tokens(requested, tenant.tier, None)
 
-    def shed(self, priority: int, pool: str, queue_depth: int) -> None:
+    def shed(self, priority: int, pool: str, queue_depth: int, capacity: PoolCapacity | None = None) -> None:
         """503 before any engine work when the pool is too busy for this priority; the lowest go first."""
         if not self.enabled:
             return
-        decision = shed_decision(priority, queue_depth, self._config.shed, pool=pool)
+        decision = shed_decision(priority, queue_depth, self._config.shed, pool=pool, capacity=capacity)
         if not decision.admit:
             headers = {"Retry-After": str(decision.retry_after_s)}
             raise ServiceUnavailable(decision.reason, code="overloaded", headers=headers)
@@ -129,10 +162,16 @@ class AdmissionGate:
         if tenant.key is None or tenant.tier is None:
             return None
         store = await self.store()
-        result = await store.reserve(tenant.key.id, now=time.time(), requests=1, tokens=tokens, tier=tenant.tier)
+        fraction = self._config.quota_warning_fraction if tenant.notify is not None else None
+        result = await store.reserve(
+            tenant.key.id, now=time.time(), requests=1, tokens=tokens, tier=tenant.tier, warning_fraction=fraction
+        )
         if isinstance(result, Rejection):
-            code = "insufficient_quota" if result.limit == "daily_tokens" else "rate_limit_exceeded"
+            code = "rate_limit_exceeded" if result.limit in ("requests", "tokens") else "insufficient_quota"
             raise RateLimited(result.reason, code=code, headers=result.headers(self._config.quota_warning_fraction))
+        for quota in result.warnings:  # claimed by this request alone; delivered in the background
+            assert tenant.notify is not None
+            self.notifier.warn(tenant.notify, quota, self._config.quota_warning_fraction)
         return result
 
     async def settle(self, reservation: Reservation | None, actual_tokens: int) -> None:
@@ -156,5 +195,8 @@ class AdmissionGate:
         return cache_key(tenant.name, model_version, material, params)
 
     async def close(self) -> None:
+        await self.responses.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.notifier.drain(), _NOTIFY_DRAIN_S)
         if self._store is not None:
             await self._store.close()

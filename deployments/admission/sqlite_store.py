@@ -106,6 +106,7 @@ class SqliteKeyStore(_SqlKeyStore):
     list_keys = _on_store_thread(_SqlKeyStore.list_keys)
     revoke = _on_store_thread(_SqlKeyStore.revoke)
     reserve = _on_store_thread(_SqlKeyStore.reserve)
+    atomically = _on_store_thread(_SqlKeyStore.atomically)
     settle = _on_store_thread(_SqlKeyStore.settle)
     usage = _on_store_thread(_SqlKeyStore.usage)
 

@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -30,9 +30,12 @@ from deployments.admission.decisions import (
     rate_limit_decision,
     window_start,
 )
+from deployments.admission.quota_store import Sql as _Sql
+from deployments.admission.quota_store import claim_warnings, read_usage
 
 __all__ = [
     "KEY_PREFIX",
+    "PRINCIPAL_HASH_PREFIX",
     "ApiKey",
     "KeyNameTakenError",
     "KeyStore",
@@ -43,6 +46,7 @@ __all__ = [
     "sqlite_path",
 ]
 
+T = TypeVar("T")
 KEY_PREFIX = "sk-surge-"
 # Random characters of the key kept for display: identify a key without weakening it.
 _DISPLAY_CHARS = 4
@@ -60,7 +64,20 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS surge_daily_usage (
         key_id TEXT NOT NULL REFERENCES surge_api_keys (id), day TEXT NOT NULL,
         requests BIGINT NOT NULL, tokens BIGINT NOT NULL, PRIMARY KEY (key_id, day))""",
+    # OAuth clients (clients.py). Each client, like each external tenant, also has a row in surge_api_keys
+    # whose key_hash starts with PRINCIPAL_HASH_PREFIX (it matches no key), so limits and quotas charge it
+    # through the same windows and locks as an API key.
+    """CREATE TABLE IF NOT EXISTS surge_clients (
+        id TEXT PRIMARY KEY REFERENCES surge_api_keys (id), name TEXT NOT NULL, tier TEXT NOT NULL,
+        secret_hash TEXT NOT NULL, webhook_url TEXT, email TEXT, created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS surge_clients_active_name ON surge_clients (name) WHERE revoked_at IS NULL""",
+    # One row per quota warning sent: the claim that makes each warning go out once per tenant and period.
+    """CREATE TABLE IF NOT EXISTS surge_quota_warnings (
+        key_id TEXT NOT NULL, quota TEXT NOT NULL, period TEXT NOT NULL, sent_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (key_id, quota, period))""",
 )
+PRINCIPAL_HASH_PREFIX = "principal:"
 _KEY_COLUMNS = "id, name, tier, prefix, created_at, revoked_at"
 
 
@@ -152,9 +169,15 @@ class KeyStore(ABC):
 
     @abstractmethod
     async def reserve(
-        self, key_id: str, *, now: float, requests: int, tokens: int, tier: TierConfig
+        self, key_id: str, *, now: float, requests: int, tokens: int, tier: TierConfig,
+        warning_fraction: float | None = None,
     ) -> Reservation | Rejection:
-        """Atomically check and charge rpm, tpm and the daily token quota, or say which limit binds."""
+        """Atomically check and charge rpm, tpm and every day/month quota, or say which limit binds; with a
+        `warning_fraction`, the reservation lists the quotas that reached it and were not yet warned about."""
+
+    @abstractmethod
+    async def atomically(self, operation: Callable[[_Sql], Awaitable[T]], *, write: bool = True) -> T:
+        """Run `operation` in one transaction, for modules that extend the store (clients.py)."""
 
     @abstractmethod
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
@@ -174,9 +197,6 @@ class KeyStore(ABC):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-
-# Runs one statement (`?` placeholders) inside the open transaction and returns its rows.
-_Sql = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
 
 class _SqlKeyStore(KeyStore):
@@ -226,30 +246,40 @@ class _SqlKeyStore(KeyStore):
 
     async def list_keys(self) -> list[ApiKey]:
         async with self._transaction(write=False) as tx:
-            rows = await tx(f"SELECT {_KEY_COLUMNS} FROM surge_api_keys ORDER BY created_at, id")
+            sql = f"SELECT {_KEY_COLUMNS} FROM surge_api_keys WHERE key_hash NOT LIKE '{PRINCIPAL_HASH_PREFIX}%'"
+            rows = await tx(f"{sql} ORDER BY created_at, id")
         return [ApiKey(*row) for row in rows]
 
     async def revoke(self, name_or_id: str) -> bool:
         async with self._transaction() as tx:
-            sql = "UPDATE surge_api_keys SET revoked_at = ? WHERE revoked_at IS NULL AND (id = ? OR name = ?)"
+            sql = (
+                "UPDATE surge_api_keys SET revoked_at = ? WHERE revoked_at IS NULL AND (id = ? OR name = ?)"
+                f" AND key_hash NOT LIKE '{PRINCIPAL_HASH_PREFIX}%'"
+            )
             rows = await tx(f"{sql} RETURNING id", time.time(), name_or_id, name_or_id)
         return bool(rows)
 
+    async def atomically(self, operation: Callable[[_Sql], Awaitable[T]], *, write: bool = True) -> T:
+        async with self._transaction(write) as tx:
+            return await operation(tx)
+
     async def reserve(
-        self, key_id: str, *, now: float, requests: int, tokens: int, tier: TierConfig
+        self, key_id: str, *, now: float, requests: int, tokens: int, tier: TierConfig,
+        warning_fraction: float | None = None,
     ) -> Reservation | Rejection:
         if requests < 0 or tokens < 0:
             raise ValueError("requests and tokens must be >= 0")
         minute, day = window_start(now, MINUTE_S), day_of(now)
         async with self._transaction() as tx:
             await self._lock_key(tx, key_id)
-            used = await _read_usage(tx, key_id, minute, day)
+            used = await read_usage(tx, key_id, minute, day, tier)
             decision = rate_limit_decision(used, now=now, requests=requests, tokens=tokens, tier=tier)
             if not decision.admit:
                 assert decision.limit is not None
                 return Rejection(key_id, decision.limit, decision.retry_after_s, decision.reason, decision.snapshot)
             await _charge(tx, key_id, minute, day, used, requests, tokens)
-        return Reservation(key_id, minute, day, requests, tokens, decision.snapshot)
+            warned = await claim_warnings(tx, key_id, decision.snapshot.quotas, warning_fraction, now)
+        return Reservation(key_id, minute, day, requests, tokens, decision.snapshot, warned)
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         delta = max(0, actual_tokens) - reservation.tokens
@@ -274,14 +304,6 @@ class _SqlKeyStore(KeyStore):
         rows = await tx(f"SELECT id FROM surge_api_keys WHERE id = ?{self._FOR_UPDATE}", key_id)
         if not rows:
             raise UnknownKeyError(f"no key with id {key_id!r}")
-
-
-async def _read_usage(tx: _Sql, key_id: str, minute: int, day: date) -> WindowUsage:
-    sql = "SELECT requests, tokens FROM surge_rate_windows WHERE key_id = ? AND window_start = ?"
-    window = await tx(sql, key_id, minute)
-    daily = await tx("SELECT tokens FROM surge_daily_usage WHERE key_id = ? AND day = ?", key_id, day.isoformat())
-    minute_requests, minute_tokens = (int(window[0][0]), int(window[0][1])) if window else (0, 0)
-    return WindowUsage(minute_requests, minute_tokens, int(daily[0][0]) if daily else 0)
 
 
 async def _charge(tx: _Sql, key_id: str, minute: int, day: date, used: WindowUsage, requests: int, tokens: int) -> None:

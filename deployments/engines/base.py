@@ -73,6 +73,8 @@ class GenerationRequest:
     priority: int = 3
     # Hash of the prompt's prefix, read by the request router for prefix-cache affinity.
     routing_key: str | None = None
+    # W3C trace context of the ingress's dispatch span (("traceparent", ...),); empty when not traced.
+    trace_context: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

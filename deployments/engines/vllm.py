@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+from deployments import observability
 from deployments.engines.base import (
     ChatPrompt,
     Engine,
@@ -63,8 +64,9 @@ class VllmEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._stats = _LatestStats()
-        args = AsyncEngineArgs(model=model, **engine_args)
-        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats.logger_factory()])
+        args = AsyncEngineArgs(model=model, **{**observability.engine_tracing_args(), **engine_args})
+        loggers = [self._stats.logger_factory(), *observability.engine_stat_loggers()]
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = self._llm.model_config.max_model_len
 
@@ -92,6 +94,7 @@ class VllmEngine(Engine):
             _sampling_params(sampling),
             request_id,
             priority=priority,
+            trace_headers=observability.engine_trace_headers(),
         )
         async for output in stream:
             piece = output.outputs[0]

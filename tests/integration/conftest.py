@@ -24,6 +24,10 @@ TEST_TIERS = {
     "few-rpm": TierConfig(
         rpm=3, tpm=100_000, daily_token_quota=100_000, max_tokens_cap=64, default_priority=3, max_priority=3
     ),
+    "few-calls": TierConfig(
+        rpm=10_000, tpm=10_000_000, daily_token_quota=100_000, max_tokens_cap=64, default_priority=3, max_priority=1,
+        daily_call_quota=3,
+    ),
 }
 # Shedding kicks in early on `main`, so a test can fill its queue with a handful of streams; the small
 # `fallback` pool sheds late, so a burst of 200 requests reaches the quota check.
@@ -54,13 +58,28 @@ def api_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 @pytest.fixture(scope="session")
-def surge_config(api_keys: Keys) -> SurgeConfig:
+def token_key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The test app's token signing key: a fresh Ed25519 key (never the development key of `make run`)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    path = tmp_path_factory.mktemp("tokens") / "signing.pem"
+    path.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def surge_config(api_keys: Keys, token_key_file: str) -> SurgeConfig:
     # Own ports, so a developer's `make run` on :8000 and HAProxy's fixed side ports don't collide.
     isolate_serve_ports()
     config = load_config()
     server = config.server.model_copy(update={"port": free_port()})
     tiers = {**config.admission.tiers, **TEST_TIERS}
-    admission = config.admission.model_copy(update={"key_store_dsn": api_keys.dsn, "tiers": tiers, "shed": TEST_SHED})
+    tokens = config.admission.tokens.model_copy(update={"signing_key_files": [token_key_file], "dev_key_file": None})
+    admission = config.admission.model_copy(
+        update={"key_store_dsn": api_keys.dsn, "tiers": tiers, "shed": TEST_SHED, "tokens": tokens}
+    )
     # A wide batching window, so concurrent test requests reliably share a batch.
     batching = config.ingress.batching.model_copy(update={"batch_wait_timeout_s": 0.05})
     ingress = config.ingress.model_copy(update={"batching": batching})

@@ -156,32 +156,35 @@ def test_max_tokens_is_zero_when_context_is_full() -> None:
 # Shedding
 
 
+FIXED_64 = ShedConfig(queue_limit=64)  # a fixed limit (the default follows live capacity: test_capacity_shedding)
+
+
 def test_shed_admits_below_threshold() -> None:
-    decision = shed_decision(3, 47, ShedConfig())  # 64 * 0.75 = 48
+    decision = shed_decision(3, 47, FIXED_64)  # 64 * 0.75 = 48
     assert decision.admit
     assert decision.retry_after_s == 0
 
 
 def test_shed_refuses_at_threshold_with_retry_after() -> None:
-    decision = shed_decision(3, 48, ShedConfig(retry_after_s=4))
+    decision = shed_decision(3, 48, ShedConfig(queue_limit=64, retry_after_s=4))
     assert not decision.admit
     assert decision.retry_after_s == 4
     assert "overloaded" in decision.reason
 
 
 def test_lowest_priority_is_shed_first() -> None:
-    shed = ShedConfig()
+    shed = FIXED_64
     assert [shed_decision(p, 35, shed).admit for p in range(1, 6)] == [True, True, True, True, False]
 
 
 def test_highest_priority_is_admitted_until_the_full_queue_limit() -> None:
-    shed = ShedConfig()
+    shed = FIXED_64
     assert shed_decision(1, 63, shed).admit
     assert not shed_decision(1, 64, shed).admit
 
 
 def test_pool_queue_limit_overrides_default() -> None:
-    shed = ShedConfig(pool_queue_limits={"big": 10})
+    shed = ShedConfig(queue_limit=64, pool_queue_limits={"big": 10})
     assert not shed_decision(1, 10, shed, pool="big").admit
     assert shed_decision(1, 10, shed, pool="small").admit
 

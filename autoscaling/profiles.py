@@ -1,0 +1,119 @@
+"""Engine profiles for the simulator: how long prefill and one decode step take, by batch size, plus limits.
+
+`local-vllm-cpu` is measured on this machine by `python -m autoscaling.profile` (autoscaling/profiles/).
+The GPU profiles are built from published measurements, cited beside each number; where a number is derived
+rather than measured, the comment says how.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["GPU_PROFILES", "PROFILE_DIR", "EngineProfile", "load_profile"]
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """One replica's engine: decode step time by batch size (interpolated), prefill cost, limits, cold start."""
+
+    name: str
+    # (batch size, seconds per decode step for the whole batch), sorted by batch size.
+    decode_step_s: list[tuple[int, float]]
+    prefill_s_per_token: float
+    prefill_base_s: float
+    max_num_seqs: int  # the engine's batch limit; more wait inside the engine
+    max_ongoing_requests: int  # Serve's per-replica limit; more wait at the handle
+    cold_start_s: float
+    gpus_per_replica: float = 1.0
+    source: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def step_s(self, batch: int) -> float:
+        """Seconds of one decode step for `batch` running sequences (linear between measured points)."""
+        sizes = [b for b, _ in self.decode_step_s]
+        if batch <= sizes[0]:
+            return self.decode_step_s[0][1]
+        if batch >= sizes[-1]:
+            (b0, t0), (b1, t1) = self.decode_step_s[-2], self.decode_step_s[-1]
+            return t1 + (batch - b1) * (t1 - t0) / max(1, b1 - b0)
+        i = bisect.bisect_left(sizes, batch)
+        (b0, t0), (b1, t1) = self.decode_step_s[i - 1], self.decode_step_s[i]
+        return t0 + (batch - b0) * (t1 - t0) / (b1 - b0)
+
+    def prefill_s(self, tokens: int) -> float:
+        return self.prefill_base_s + tokens * self.prefill_s_per_token if tokens else 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _from_dict(data: dict[str, object]) -> EngineProfile:
+    steps = [(int(b), float(t)) for b, t in data.pop("decode_step_s")]  # type: ignore[attr-defined]
+    return EngineProfile(decode_step_s=sorted(steps), **data)  # type: ignore[arg-type]
+
+
+def load_profile(name_or_path: str) -> EngineProfile:
+    """A GPU profile by name, a JSON file, or a measured profile's name in autoscaling/profiles/."""
+    if name_or_path in GPU_PROFILES:
+        return GPU_PROFILES[name_or_path]
+    path = Path(name_or_path)
+    if not path.exists():
+        path = PROFILE_DIR / f"{name_or_path}.json"
+    return _from_dict(json.loads(path.read_text()))
+
+
+# Llama-3.1-8B-Instruct, BF16, vLLM, one GPU per replica.
+_H100_SOURCE = (
+    "InferenceBench concurrency sweep, Llama-3.1-8B-Instruct fp16 on one H100-80GB-HBM3, vLLM 0.21.0 "
+    "(https://yobitelcomm.github.io/bench/recipes/concurrency-sweep/): TPOT p50 6.48 ms at concurrency 1, "
+    "6.59 ms at 4, 10.94 ms at 16, 46.91 ms at 64; TTFT p50 13.98 ms at concurrency 1"
+)
+_A100_SOURCE = (
+    "vLLM throughput-latency sweep on one A100 40GB, Llama-3.1-8B-Instruct BF16, vLLM 0.23.0, 1024 in / 128 out "
+    "(https://johnmusgrave.com/p/vllm-throughput-latency-sweep-on): ~75 tok/s at concurrency 1 (13.3 ms per "
+    "token), 6.6x the throughput at concurrency 8 with almost no latency cost (so ~16 ms per step at 8)"
+)
+_COLD_START_NOTE = (
+    "assumed, not measured: pulling nothing (image cached), loading ~16 GB of weights and capturing CUDA graphs "
+    "is one to several minutes for 7B-70B models; 120 s is the low end for an 8B model on a fresh GPU node"
+)
+_PREFILL_NOTE = (
+    "derived: ~2 x 8e9 FLOPs per prompt token; at ~50% of the GPU's dense BF16 peak (989 TFLOPs H100 SXM, 312 "
+    "TFLOPs A100) that is ~0.03 ms (H100) and ~0.1 ms (A100) per token"
+)
+
+GPU_PROFILES: dict[str, EngineProfile] = {
+    "h100-llama3.1-8b": EngineProfile(
+        name="h100-llama3.1-8b",
+        # Step = TPOT at that concurrency; 64's TPOT includes prefill interference, so it bounds from above.
+        decode_step_s=[(1, 0.00648), (4, 0.00659), (16, 0.01094), (64, 0.04691)],
+        prefill_s_per_token=0.00003,
+        prefill_base_s=0.008,
+        max_num_seqs=64,
+        max_ongoing_requests=64,
+        cold_start_s=120.0,
+        source=_H100_SOURCE,
+        notes={"cold_start_s": _COLD_START_NOTE, "prefill_s_per_token": _PREFILL_NOTE},
+    ),
+    "a100-llama3.1-8b": EngineProfile(
+        name="a100-llama3.1-8b",
+        # 1 and 8 from the source; 64 extrapolated from the H100 curve's shape (step x ~7 from 8 to 64).
+        decode_step_s=[(1, 0.0133), (8, 0.0161), (64, 0.11)],
+        prefill_s_per_token=0.0001,
+        prefill_base_s=0.015,
+        max_num_seqs=64,
+        max_ongoing_requests=64,
+        cold_start_s=150.0,
+        source=_A100_SOURCE,
+        notes={
+            "cold_start_s": _COLD_START_NOTE,
+            "prefill_s_per_token": _PREFILL_NOTE,
+            "decode_step_s[64]": "extrapolated, not measured",
+        },
+    ),
+}

@@ -1,0 +1,236 @@
+{{/* Names, labels and the checks every template shares; every helper is prefixed `surge.`. */}}
+
+{{- define "surge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Resource name prefix; KubeRay appends suffixes to the RayService's name, so keep it short. */}}
+{{- define "surge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "surge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "surge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "surge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "surge.labels" -}}
+helm.sh/chart: {{ include "surge.chart" . }}
+{{ include "surge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: surge
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "surge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "surge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name must name an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "surge.image" -}}
+{{- if eq (toString .Values.image.tag) "latest" }}
+{{- fail "image.tag: pin a version; `latest` is not allowed" }}
+{{- end }}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end }}
+
+{{- define "surge.servePort" -}}
+{{- dig "server" "port" 8000 .Values.surge }}
+{{- end }}
+
+{{/* Ray's metrics export port on every node: the surge config's observability.metrics.export_port (as for
+     the nodes `make run` starts), KubeRay's 8080 when the config leaves it unset. */}}
+{{- define "surge.metricsPort" -}}
+{{- dig "observability" "metrics" "export_port" nil .Values.surge | default 8080 }}
+{{- end }}
+
+{{- define "surge.serveServiceName" -}}
+{{- printf "%s-serve" (include "surge.fullname" .) }}
+{{- end }}
+
+{{/* Serve's HAProxy throughput mode, as cluster/env.py ray_env sets it for a local run. */}}
+{{- define "surge.haproxyEnv" -}}
+{{- if eq (dig "server" "proxy" "haproxy" .Values.surge) "haproxy" }}
+- name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: "1"
+- name: RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
+  value: {{ dig "server" "ingress_drain_s" 30 .Values.surge | toString | quote }}
+- name: RAY_SERVE_HAPROXY_BINARY_PATH
+  value: {{ .Values.haproxy.wrapperPath | quote }}
+- name: SURGE_HAPROXY_BINARY
+  value: {{ .Values.haproxy.binaryPath | quote }}
+- name: SURGE_HAPROXY_ADMIN_HOST
+  value: {{ ternary "0.0.0.0" (dig "server" "haproxy_admin_host" "127.0.0.1" .Values.surge) .Values.haproxy.exposeAdmin | quote }}
+- name: RAY_SERVE_HAPROXY_STATS_PORT
+  value: {{ .Values.haproxy.statsPort | toString | quote }}
+- name: RAY_SERVE_HAPROXY_METRICS_PORT
+  value: {{ .Values.haproxy.metricsPort | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The environment of every Ray container: Serve's front door, the key store's DSN, the operator's extras. */}}
+{{- define "surge.env" -}}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+{{- include "surge.haproxyEnv" . }}
+{{- if .Values.postgres.enabled }}
+- name: SURGE_ADMISSION__KEY_STORE_DSN
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "postgres.existingSecret must name the Secret holding the PostgreSQL DSN" .Values.postgres.existingSecret }}
+      key: {{ .Values.postgres.secretKey }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "surge.volumes" -}}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.shmSize }}
+- name: ray-logs
+  emptyDir: {}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "surge.volumeMounts" -}}
+- name: dshm
+  mountPath: /dev/shm
+- name: ray-logs
+  mountPath: /tmp/ray
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Container ports of every Ray node: Ray's metrics (named for scraping); HAProxy's only when asked. */}}
+{{- define "surge.nodePorts" -}}
+- name: metrics
+  containerPort: {{ include "surge.metricsPort" . }}
+  protocol: TCP
+{{- if .Values.haproxy.exposeAdmin }}
+- name: haproxy-stats
+  containerPort: {{ .Values.haproxy.statsPort }}
+  protocol: TCP
+- name: haproxy-metrics
+  containerPort: {{ .Values.haproxy.metricsPort }}
+  protocol: TCP
+{{- end }}
+{{- end }}
+
+{{/* The pod spec parts every Ray pod shares; `.` is the root context. */}}
+{{- define "surge.podCommon" -}}
+serviceAccountName: {{ include "surge.serviceAccountName" . }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+volumes:
+  {{- include "surge.volumes" . | nindent 2 }}
+{{- end }}
+
+{{/* Checks values.schema.json cannot express: a pool's TP must fit a node of every GPU group hosting it. */}}
+{{- define "surge.validate" -}}
+{{- $pools := dict }}
+{{- range .Values.surge.pools }}
+{{- $_ := set $pools .name . }}
+{{- end }}
+{{- $gpuGroups := 0 }}
+{{- range $group, $spec := .Values.workerGroups }}
+{{- if $spec.enabled }}
+{{- if gt (int $spec.minReplicas) (int $spec.maxReplicas) }}
+{{- fail (printf "workerGroups.%s: minReplicas (%v) is above maxReplicas (%v)" $group $spec.minReplicas $spec.maxReplicas) }}
+{{- end }}
+{{- $gpus := int $spec.gpusPerNode }}
+{{- if gt $gpus 0 }}
+{{- $gpuGroups = add1 $gpuGroups }}
+{{- $hosted := $spec.pools | default (keys $pools | sortAlpha) }}
+{{- range $hosted }}
+{{- $pool := index $pools . }}
+{{- if not $pool }}
+{{- fail (printf "workerGroups.%s.pools: %q is not a pool in surge.pools" $group .) }}
+{{- end }}
+{{- $tp := int (default 1 $pool.tensor_parallel_size) }}
+{{- if ne (mod $gpus $tp) 0 }}
+{{- fail (printf "workerGroups.%s: pool %q has tensor_parallel_size %d, which does not divide the group's gpusPerNode %d (tensor-parallel ranks stay on one node)" $group $pool.name $tp $gpus) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $ingress := dig "ingress" "num_replicas" 1 .Values.surge | int }}
+{{- $admission := dig "admission" "enabled" true .Values.surge }}
+{{- $shared := or .Values.postgres.enabled (hasPrefix "postgres" (dig "admission" "key_store_dsn" "" .Values.surge)) }}
+{{- if and $admission (gt $ingress 1) (not $shared) }}
+{{- fail (printf "surge.ingress.num_replicas is %d: more than one ingress replica needs postgres.enabled (each would keep its own SQLite limits)" $ingress) }}
+{{- end }}
+{{- end }}
+
+{{/* A worker group's resources with `nvidia.com/gpu` set from `gpusPerNode` in requests and limits. */}}
+{{- define "surge.workerResources" -}}
+{{- $res := deepCopy (.resources | default dict) }}
+{{- if gt (int .gpusPerNode) 0 }}
+{{- $limits := $res.limits | default dict }}
+{{- $_ := set $limits "nvidia.com/gpu" (int .gpusPerNode) }}
+{{- $_ = set $res "limits" $limits }}
+{{- $requests := $res.requests | default dict }}
+{{- $_ = set $requests "nvidia.com/gpu" (int .gpusPerNode) }}
+{{- $_ = set $res "requests" $requests }}
+{{- end }}
+{{- toYaml $res }}
+{{- end }}
+
+{{/* The Serve config KubeRay submits: the app built by deployments.app:app_builder from `surge:`, plus one
+     `deployments` entry per deployment it builds (names as deployments/app.py gives them), where
+     `deploymentOverrides` may tune Serve options. */}}
+{{- define "surge.serveConfig" -}}
+proxy_location: {{ dig "server" "proxy_location" "EveryNode" .Values.surge }}
+http_options:
+  host: {{ dig "server" "host" "0.0.0.0" .Values.surge | quote }}
+  port: {{ include "surge.servePort" . }}
+applications:
+  - name: {{ dig "ray" "app_name" "surge" .Values.surge }}
+    import_path: deployments.app:app_builder
+    route_prefix: /
+    args:
+      config:
+        {{- toYaml .Values.surge | nindent 8 }}
+    deployments:
+      {{- $names := list "ingress" "traffic-router" }}
+      {{- if dig "batch" "enabled" true .Values.surge }}
+      {{- $names = append $names "batch-runner" }}
+      {{- end }}
+      {{- range .Values.surge.pools }}
+      {{- $names = append $names (printf "pool-%s" .name) }}
+      {{- end }}
+      {{- range $names }}
+      - {{ merge (dict "name" .) (get $.Values.deploymentOverrides . | default dict) | toYaml | nindent 8 | trim }}
+      {{- end }}
+{{- end }}

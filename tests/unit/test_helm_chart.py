@@ -1,0 +1,229 @@
+"""The Helm chart lints, renders and validates for every CI variant: built-in kinds with kubernetes-validate
+(strict), the RayService and Prometheus Operator objects against the upstream CRDs (strict), and the
+RayService's serveConfigV2 is the surge config the app builds from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from cluster.config import SurgeConfig
+from cluster.config.mapping import config_from_mapping
+from tests.crd_schema import CRDS_DIR, crd_schemas, strict_errors
+from tests.helm_render import CHART_DIR, KUBE_VERSION, VARIANTS, lint_problems, render_variant, variant_values
+
+CUSTOM = {"ray.io/v1", "monitoring.coreos.com/v1"}
+
+
+def _find(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def _rayservice(variant: str) -> dict[str, Any]:
+    (service,) = _find(render_variant(variant), "RayService")
+    return service
+
+
+def _serve_config(variant: str) -> dict[str, Any]:
+    return dict(yaml.safe_load(_rayservice(variant)["spec"]["serveConfigV2"]))
+
+
+def _containers(service: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [c for pod in pods for c in pod["template"]["spec"]["containers"]]
+
+
+@pytest.fixture(scope="module")
+def crds() -> dict[tuple[str, str], dict[str, Any]]:
+    if not CRDS_DIR.is_dir():
+        pytest.skip(f"upstream CRDs not found at {CRDS_DIR} (the shared/ checkout beside the project)")
+    return crd_schemas()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chart_lints_clean(variant: str) -> None:
+    assert lint_problems(variant_values(variant)) == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_builtin_kinds_pass_kubernetes_validate_strict(variant: str) -> None:
+    builtin = [o for o in render_variant(variant) if o["apiVersion"] not in CUSTOM]
+    assert {o["kind"] for o in builtin} >= {"ServiceAccount", "ConfigMap"}
+    for obj in builtin:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def test_kubernetes_validate_strict_rejects_an_undeclared_field() -> None:
+    (policy,) = _find(render_variant("default"), "NetworkPolicy")
+    policy["spec"]["ingres"] = []
+    with pytest.raises(kubernetes_validate.ValidationError, match="ingres"):
+        kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_custom_resources_conform_strictly_to_the_upstream_crds(variant: str, crds: dict[Any, Any]) -> None:
+    custom = [o for o in render_variant(variant) if o["apiVersion"] in CUSTOM]
+    assert "RayService" in {o["kind"] for o in custom}
+    for obj in custom:
+        schema = crds[(obj["apiVersion"], obj["kind"])]
+        assert strict_errors(obj, schema) == [], f"{obj['kind']} {obj['metadata']['name']}"
+
+
+def test_strict_crd_validation_rejects_an_undeclared_field(crds: dict[Any, Any]) -> None:
+    service = _rayservice("default")
+    schema = crds[("ray.io/v1", "RayService")]
+    service["spec"]["rayClusterConfig"]["headGroupSpec"]["replicas"] = 1
+    service["spec"]["upgradeStrategy"]["type"] = 3
+    assert set(strict_errors(service, schema)) == {
+        "/spec/rayClusterConfig/headGroupSpec/replicas: field not declared by the schema",
+        "/spec/upgradeStrategy/type: want string, got int 3",
+    }
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_serve_config_is_the_surge_values_block_and_parses_as_the_app_parses_it(variant: str) -> None:
+    serve = _serve_config(variant)
+    (application,) = serve["applications"]
+    assert application["import_path"] == "deployments.app:app_builder"
+    config = config_from_mapping(application["args"]["config"], "serveConfigV2")
+    assert isinstance(config, SurgeConfig)
+    wanted_pools = variant_values(variant).get("surge", {}).get("pools")
+    if wanted_pools:
+        assert [p.name for p in config.pools] == [p["name"] for p in wanted_pools]
+    assert serve["http_options"] == {"host": config.server.host, "port": config.server.port}
+    assert application["name"] == config.ray.app_name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_serve_config_names_exactly_the_deployments_the_app_builds(variant: str) -> None:
+    from ray.serve.deployment import Application
+
+    from deployments.app import build_app
+
+    (application,) = _serve_config(variant)["applications"]
+    config = config_from_mapping(application["args"]["config"], "serveConfigV2")
+    built: set[str] = set()
+
+    def walk(app: Application) -> None:
+        deployment = app._bound_deployment
+        built.add(deployment.name)
+        for arg in [*deployment.init_args, *deployment.init_kwargs.values()]:
+            for value in arg.values() if isinstance(arg, dict) else [arg]:
+                if isinstance(value, Application):
+                    walk(value)
+
+    walk(build_app(config, platform="cuda"))  # binding only: no Ray, no engine
+    assert {d["name"] for d in application["deployments"]} == built
+
+
+def test_deployment_overrides_reach_serve_config() -> None:
+    from tests.helm_render import objects, render
+
+    overrides = {"deploymentOverrides": {"ingress": {"health_check_timeout_s": 60, "name": "renamed"}}}
+    (service,) = _find(objects(render(overrides)), "RayService")
+    deployments = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["deployments"]
+    assert {"name": "ingress", "health_check_timeout_s": 60} in deployments
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_ray_container_gets_the_front_door_mode_the_config_asks_for(variant: str) -> None:
+    service = _rayservice(variant)
+    proxy = config_from_mapping(_serve_config(variant)["applications"][0]["args"]["config"]).server.proxy
+    for container in _containers(service):
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        haproxy = env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
+        assert haproxy == (proxy == "haproxy"), container["name"]
+        if haproxy:
+            assert env["SURGE_HAPROXY_ADMIN_HOST"] == "127.0.0.1"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == 8080
+        assert not {"haproxy-stats", "haproxy-metrics"} & set(ports)
+
+
+def test_haproxy_admin_listeners_are_exposed_only_when_asked() -> None:
+    from tests.helm_render import objects, render
+
+    (service,) = _find(objects(render({"haproxy": {"exposeAdmin": True}})), "RayService")
+    for container in _containers(service):
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["SURGE_HAPROXY_ADMIN_HOST"] == "0.0.0.0"
+        assert {"haproxy-stats", "haproxy-metrics"} <= {p["name"] for p in container["ports"]}
+
+
+def test_metrics_port_is_the_configs_export_port() -> None:
+    from tests.helm_render import objects, render
+
+    objs = objects(render({"surge": {"observability": {"metrics": {"export_port": 9090}}}}))
+    (service,) = _find(objs, "RayService")
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert group["rayStartParams"]["metrics-export-port"] == "9090"
+    for container in _containers(service):
+        assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    (policy,) = _find(objs, "NetworkPolicy")
+    assert any({"port": 9090, "protocol": "TCP"} in rule.get("ports", []) for rule in policy["spec"]["ingress"])
+
+
+def test_gpu_worker_groups_take_their_gpus_and_tp_pools_their_own_group() -> None:
+    groups = {g["groupName"]: g for g in _rayservice("multi-pool-tp4")["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert set(groups) == {"gpu-tp4", "gpu-small"}
+    limits = {name: g["template"]["spec"]["containers"][0]["resources"]["limits"] for name, g in groups.items()}
+    assert limits["gpu-tp4"]["nvidia.com/gpu"] == 4
+    assert limits["gpu-small"]["nvidia.com/gpu"] == 1
+    assert groups["gpu-tp4"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert (groups["gpu-tp4"]["minReplicas"], groups["gpu-tp4"]["maxReplicas"]) == (1, 4)
+
+
+def test_autoscaling_on_by_default_and_off_pins_each_group() -> None:
+    on = _rayservice("default")["spec"]["rayClusterConfig"]
+    assert on["enableInTreeAutoscaling"] is True
+    assert on["autoscalerOptions"]["upscalingMode"] == "Default"
+    off = _rayservice("autoscaling-off")["spec"]["rayClusterConfig"]
+    assert off["enableInTreeAutoscaling"] is False
+    assert "autoscalerOptions" not in off
+    (group,) = off["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 3
+
+
+def test_upgrades_build_a_new_cluster_behind_the_serve_service() -> None:
+    spec = _rayservice("default")["spec"]
+    assert spec["upgradeStrategy"] == {"type": "NewCluster"}
+    assert spec["serveService"]["metadata"]["name"] == "surge-serve"
+    assert spec["serveService"]["spec"]["ports"][0]["targetPort"] == 8000
+
+
+def test_postgres_dsn_comes_from_the_secret_never_the_values() -> None:
+    for container in _containers(_rayservice("postgres")):
+        (dsn,) = [e for e in container["env"] if e["name"] == "SURGE_ADMISSION__KEY_STORE_DSN"]
+        assert dsn == {
+            "name": "SURGE_ADMISSION__KEY_STORE_DSN",
+            "valueFrom": {"secretKeyRef": {"name": "surge-postgres", "key": "dsn"}},
+        }
+    assert "postgresql://" not in yaml.safe_dump(render_variant("postgres"))
+    (ingress,) = _find(render_variant("postgres"), "Ingress")
+    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "surge-serve"
+
+
+def test_rules_and_dashboard_follow_the_files_in_the_chart() -> None:
+    objs = render_variant("default")
+    has_rules = (CHART_DIR / "files" / "surge-rules.yaml").is_file()
+    has_dashboard = (CHART_DIR / "files" / "surge-dashboard.json").is_file()
+    assert bool(_find(objs, "PrometheusRule")) == has_rules
+    assert any(o["metadata"]["name"] == "surge-dashboard" for o in _find(objs, "ConfigMap")) == has_dashboard
+
+
+def test_monitoring_off_renders_no_monitoring_objects() -> None:
+    kinds = {o["kind"] for o in render_variant("monitoring-off")}
+    assert not kinds & {"PodMonitor", "ServiceMonitor", "PrometheusRule", "NetworkPolicy", "PodDisruptionBudget"}
+    assert "PodMonitor" in {o["kind"] for o in render_variant("default")}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_images_are_pinned(variant: str) -> None:
+    for container in _containers(_rayservice(variant)):
+        name, _, tag = container["image"].rpartition(":")
+        assert name and "/" not in tag and tag not in ("", "latest"), container["image"]
