@@ -23,7 +23,10 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["LoadSpec", "RequestRecord", "main", "payload", "run_load", "send_load", "summarize_load"]
+__all__ = [
+    "LoadSpec", "RequestRecord", "main", "payload", "prompt_text", "prompts", "run_load", "send_load",
+    "summarize_load",
+]  # fmt: skip
 
 _SENTENCE = (
     "serving tokens through a cluster of replicas keeps the latency promise when the queue grows "
@@ -66,10 +69,20 @@ class RequestRecord:
     gaps_s: list[float] = field(default_factory=list)
 
 
-def payload(spec: LoadSpec, i: int) -> dict[str, Any]:
-    """Request `i`: a unique prefix (no cache hit), then `prompt_words` words of shared text."""
+def prompts(count: int = 8) -> list[str]:
+    """A fixed prompt set of varied lengths (about 20 to 75 words)."""
+    return [f"Request {i}: " + " ".join(_TEXT[(i + j) % len(_TEXT)] for j in range(20 + 8 * i)) for i in range(count)]
+
+
+def prompt_text(spec: LoadSpec, i: int) -> str:
+    """Request `i`'s prompt: a unique prefix (no response cache can answer it), then shared words."""
     words = " ".join(_TEXT[(i + j) % len(_TEXT)] for j in range(spec.prompt_words))
-    text = f"[{spec.tag} {spec.seed} {i}] {words}"
+    return f"[{spec.tag} {spec.seed} {i}] {words}"
+
+
+def payload(spec: LoadSpec, i: int) -> dict[str, Any]:
+    """The OpenAI request body of request `i`."""
+    text = prompt_text(spec, i)
     body: dict[str, Any] = {"model": spec.model, "max_tokens": spec.max_tokens, "temperature": 0.0,
                             "ignore_eos": True, "stream": spec.stream}  # fmt: skip
     if spec.stream:
@@ -83,6 +96,12 @@ def payload(spec: LoadSpec, i: int) -> dict[str, Any]:
 
 def _path(spec: LoadSpec) -> str:
     return "/v1/chat/completions" if spec.api == "chat" else "/v1/completions"
+
+
+def _has_usage(raw: bytes) -> bool:
+    """Whether an SSE line carries a usage object (not `"usage": null`), without decoding every line."""
+    at = raw.find(b'"usage"')
+    return at >= 0 and raw[at + 7 :].lstrip(b": ").startswith(b"{")
 
 
 async def _read_stream(response: aiohttp.ClientResponse, start: float, record: RequestRecord) -> None:
@@ -102,7 +121,7 @@ async def _read_stream(response: aiohttp.ClientResponse, start: float, record: R
             record.gaps_s.append(now - last)
         last = now
         record.messages += 1
-        if b'"usage":{' in raw:
+        if _has_usage(raw):
             record.output_tokens = int(json.loads(raw[6:])["usage"]["completion_tokens"])
     record.max_gap_s = max(record.gaps_s, default=0.0)
 
