@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks._common import RequestResult, p50_p99, run_closed_loop, summarize
-from benchmarks.overhead import prompts
+from benchmarks._loadgen import prompts
 from deployments.admission import AdmissionConfig
 from deployments.admission.gate import AdmissionGate, prompt_token_bound
 from deployments.engines.base import ChatPrompt

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from cluster.config import PROJECT_ROOT, ConfigError, SurgeConfig, load_config
+from cluster.processes import port_holder
 from cluster.serving import metrics_url, serving
 
 __all__ = ["main"]
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"surge: {exc}", file=sys.stderr)
+        return 2
+    holder = port_holder(config.server.host, config.server.port)
+    if holder is not None:
+        print(f"surge: cannot serve on {config.server.host}:{config.server.port}: the port is in use by {holder}",
+              file=sys.stderr)  # fmt: skip
         return 2
     key_line = ""
     if config.admission.enabled:

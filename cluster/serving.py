@@ -8,10 +8,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 from cluster.config import SurgeConfig
 from cluster.env import apply_process_env, ray_env
+from cluster.processes import export_haproxy_pidfile, stop_recorded_haproxy
 
 __all__ = [
     "base_url", "free_port", "isolate_serve_ports", "metrics_url", "serving", "serving_cluster", "wait_ready"
@@ -117,18 +119,65 @@ def serving(config: SurgeConfig, **build_kwargs: Any) -> Iterator[str]:
 
 
 @contextmanager
-def serving_cluster(config: SurgeConfig, **build_kwargs: Any) -> Iterator[tuple[str, Any]]:
-    """Like `serving`, also yielding the LocalCluster (None unless `ray.local_nodes` is set)."""
+def serving_cluster(
+    config: SurgeConfig, startup_timeout_s: float = 1800, **build_kwargs: Any
+) -> Iterator[tuple[str, Any]]:
+    """Like `serving`, also yielding the LocalCluster (None unless `ray.local_nodes` is set). Yields once the
+    app answers /readyz (every pool loaded), not when Serve's own status catches up; a failed deployment raises
+    at once, and `startup_timeout_s` only bounds a start that neither serves nor fails."""
+    # Before `ray.serve` is imported: Serve reads its mode once, at import (see deployments/handles.py).
+    apply_process_env(config.server)
     from ray import serve
 
     from deployments.app import build_app
 
     with ExitStack() as stack:
+        if not config.ray.address:  # a Ray we start: its HAProxy is ours to stop, after Serve and Ray
+            stack.callback(_stop_leftover_haproxy, export_haproxy_pidfile())
         cluster = _start_ray(config, stack)
-        stack.callback(serve.shutdown)
+        stack.callback(_shutdown_serve, serve)
         serve.start(
             proxy_location=config.server.proxy_location,
             http_options={"host": config.server.host, "port": config.server.port},
         )
-        serve.run(build_app(config, **build_kwargs), name=config.ray.app_name, route_prefix="/", blocking=False)
-        yield base_url(config), cluster
+        target = serve.RunTarget(build_app(config, **build_kwargs), name=config.ray.app_name, route_prefix="/")
+        serve.run_many([target], wait_for_applications_running=False)
+        url = base_url(config)
+        wait_ready(url, startup_timeout_s, check_alive=_deployment_not_failed(config.ray.app_name))
+        yield url, cluster
+
+
+def _deployment_not_failed(app_name: str) -> Callable[[], None]:
+    from ray import serve
+
+    def check() -> None:
+        app = serve.status().applications.get(app_name)
+        if app is not None and app.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"the surge app failed to deploy: {app.message}")
+
+    return check
+
+
+def _ray_daemons_alive() -> bool:
+    """Whether the GCS and raylets this process started still run. A group SIGTERM (a terminal's Ctrl-C) reaches
+    them with the driver; asking their Serve controller to shut down would then only wait out its 30 s timeout."""
+    import psutil
+
+    try:
+        daemons = [c for c in psutil.Process().children(recursive=True) if c.name() in {"gcs_server", "raylet"}]
+        return all(c.status() != psutil.STATUS_ZOMBIE for c in daemons)
+    except psutil.Error:  # one exited while we looked
+        return False
+
+
+def _shutdown_serve(serve: Any) -> None:
+    if _ray_daemons_alive():
+        serve.shutdown()
+    else:
+        logger.warning("Ray's own processes are already gone; skipping Serve's graceful shutdown")
+
+
+def _stop_leftover_haproxy(pidfile: Path) -> None:
+    stopped = stop_recorded_haproxy(pidfile)
+    if stopped:
+        logger.warning("stopped HAProxy process(es) %s that outlived Ray's shutdown", stopped)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -63,15 +64,22 @@ class Dispatcher:
         self._timeout_s = timeout_s
         self._rng = random.Random()
         self._batchers = {pool: _batcher(handle, batching) for pool, handle in handles.items()}
+        self._stream_handles = {pool: handle.options(stream=True) for pool, handle in handles.items()}
         self._batching = batching.enabled
+        self._completing: Counter[str] = Counter()  # non-streamed requests on their way to each pool
 
     async def complete(self, route: RouteConfig, request: GenerationRequest) -> Dispatched:
         """The whole completion; the pool's in-flight slot is released when it returns."""
 
-        def call(pool: str, attempt: GenerationRequest) -> Awaitable[Any]:
-            if self._batching:
-                return self._batchers[pool](attempt)
-            return cast(Awaitable[Any], self._handles[pool].complete.remote(attempt))
+        async def call(pool: str, attempt: GenerationRequest) -> Any:
+            self._completing[pool] += 1
+            try:
+                # A lone request goes at once: a batch only pays off for requests that would otherwise queue.
+                if self._batching and self._completing[pool] > 1:
+                    return await self._batchers[pool](attempt)
+                return await self._handles[pool].complete.remote(attempt)
+            finally:
+                self._completing[pool] -= 1
 
         dispatched = await self._attempts(route, request, call)
         self._routes.finished(dispatched.pool, ok=True)
@@ -82,8 +90,7 @@ class Dispatcher:
         streams: dict[str, DeploymentResponseGenerator] = {}
 
         def first_chunk(pool: str, attempt: GenerationRequest) -> Awaitable[Any]:
-            handle = self._handles[pool].options(stream=True)
-            streams[pool] = cast(DeploymentResponseGenerator, handle.generate.remote(attempt))
+            streams[pool] = cast(DeploymentResponseGenerator, self._stream_handles[pool].generate.remote(attempt))
             return streams[pool].__anext__()
 
         started = time.monotonic()

@@ -21,6 +21,7 @@ from deployments.batch import routes as batch_routes
 from deployments.dispatch import Dispatcher
 from deployments.errors import BadRequest, SurgeError, error_body
 from deployments.failures import validation_error
+from deployments.handles import for_this_process, transport
 from deployments.pipeline import RequestPipeline, Work
 from deployments.protocol import ChatCompletionRequest, CompletionRequest, models_list
 from deployments.traffic_router import RouteClient
@@ -65,11 +66,12 @@ class Ingress:
         router: DeploymentHandle,
         batch_runner: DeploymentHandle | None = None,  # bound so Serve deploys it; the ingress never calls it
     ) -> None:
+        handles = {pool: for_this_process(handle) for pool, handle in handles.items()}
         self._handles = handles
         self._max_batch_items = config.ingress.max_batch_items
         self._gate = AdmissionGate(config.admission)
         batch_routes.install(config, self._gate)
-        routes = RouteClient(router, config.route_table(), config.routing)
+        routes = RouteClient(for_this_process(router), config.route_table(), config.routing)
         dispatcher = Dispatcher(
             handles, routes, config.routing, config.server.request_timeout_s, config.ingress.batching
         )
@@ -94,7 +96,9 @@ class Ingress:
             body = error_body("a model pool is not answering", "service_unavailable_error", None, "not_ready")
             return JSONResponse(body, status_code=503)
         pools = {s["pool"]: s for s in stats}
-        return JSONResponse({"status": "ready", "pools": pools, "routing": self._routes.debug_state()})
+        transports = {pool: transport(handle) for pool, handle in self._handles.items()}
+        routing = self._routes.debug_state() | {"transport": transports}
+        return JSONResponse({"status": "ready", "pools": pools, "routing": routing})
 
     @app.post("/oauth/token")
     async def oauth_token(self, request: Request) -> JSONResponse:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from cluster.config import PROJECT_ROOT
-from cluster.serving import free_port, wait_ready
+from cluster.processes import haproxy_pidfile, port_holder
+from cluster.serving import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -43,9 +46,8 @@ def kill_session(sid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def test_run_serves_streams_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
+def _env(tmp_path: Path, port: int) -> dict[str, str]:
+    return {
         **os.environ,
         "SURGE_SERVER__PORT": str(port),
         "SURGE_ADMISSION__KEY_STORE_DSN": f"sqlite:///{tmp_path / 'keys.db'}",
@@ -53,28 +55,44 @@ def test_run_serves_streams_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
     }
+
+
+def _banner_key(proc: subprocess.Popen[str], log: Path) -> str:
+    """The key the banner prints; waits on the process itself (its output or its exit), not on a clock."""
+    while (key := re.search(r"export SURGE_API_KEY=(\S+)", log.read_text())) is None:
+        assert proc.poll() is None, f"make run exited with {proc.returncode}:\n{log.read_text()}"
+        time.sleep(0.2)
+    return key.group(1)
+
+
+def _live_pids(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+
+
+def test_run_serves_streams_and_stops_cleanly_on_group_sigterm(tmp_path: Path) -> None:
+    port = free_port()
     log = tmp_path / "run.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=env, start_new_session=True,
+            [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=_env(tmp_path, port), start_new_session=True,
             stdout=out, stderr=subprocess.STDOUT, text=True,
         )
+    haproxy: set[int] = set()
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
-        deadline = time.monotonic() + 30  # the banner follows readiness by a moment
-        while (key := re.search(r"export SURGE_API_KEY=(\S+)", log.read_text())) is None:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key.group(1), max_retries=0)
+        key = _banner_key(proc, log)
+        # The banner means the app serves: a script that waits for it may use the key at once.
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
         stream = client.chat.completions.create(
             model="surge-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
         )
         assert any(chunk.choices and chunk.choices[0].finish_reason for chunk in stream)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{url}/healthz", timeout=2)
+        haproxy = {int(pid) for pid in haproxy_pidfile(proc.pid).read_text().split()}
+        assert haproxy, "HAProxy mode records the HAProxy it starts"
+        # What Ctrl-C in a terminal does: the signal reaches the driver and Ray's processes in its group at once.
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=180)
         left = session_left_after(proc.pid, timeout_s=10)
     finally:
         kill_session(proc.pid)  # whatever failed above, nothing of this run keeps running
@@ -82,3 +100,18 @@ def test_run_serves_streams_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None
     assert proc.returncode == 0, output
     assert f"surge is serving on {url}/v1" in output and "curl " in output
     assert left == {}
+    assert _live_pids(haproxy) == set(), "an HAProxy of this run outlived it"
+    assert port_holder("127.0.0.1", port) is None
+
+
+def test_run_names_the_process_that_holds_its_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=_env(tmp_path, port),
+            capture_output=True, text=True, timeout=300,
+        )
+    assert done.returncode == 2
+    assert f"127.0.0.1:{port}" in done.stderr and f"pid {os.getpid()}" in done.stderr

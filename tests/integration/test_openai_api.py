@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -89,3 +90,10 @@ def test_stop_sequence_ends_the_completion(client: openai.OpenAI) -> None:
     assert cut.choices[0].finish_reason == "stop"
     assert stop not in cut.choices[0].text
     assert text.startswith(cut.choices[0].text)
+
+
+def test_ingress_reaches_pools_over_grpc_in_throughput_mode(surge_url: str) -> None:
+    # The test session imports ray.serve long before Serve's mode is exported (as a careless driver would), so
+    # the handles the driver pickles default to Ray actor calls; the ingress must still use gRPC.
+    transports = httpx.get(f"{surge_url}/readyz", timeout=30).json()["routing"]["transport"]
+    assert transports and set(transports.values()) == {"grpc"}
