@@ -7,6 +7,7 @@ Environment overrides use `__` between levels: `SURGE_SERVER__PORT=8001`, `SURGE
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "SurgeConfig",
+    "config_from_mapping",
     "load_config",
 ]
 
@@ -264,12 +266,18 @@ def load_config(path: str | Path | None = None) -> SurgeConfig:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return config_from_mapping(data, str(path))
+
+
+def config_from_mapping(data: Mapping[str, Any], source: str = "inline config") -> SurgeConfig:
+    """Validate `data` as the whole config (with `SURGE_*` overrides, as for a file); errors name `source`.
+    RayService `serveConfigV2` hands the app the Helm chart's `surge:` block this way (see mapping.py)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
     try:
         return SurgeConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid configuration:\n{_describe(exc)}") from None
+        raise ConfigError(f"{source}: invalid configuration:\n{_describe(exc)}") from None
 
 
 def _describe(exc: ValidationError) -> str:
