@@ -54,6 +54,11 @@ def _env(tmp_path: Path, port: int) -> dict[str, str]:
         "SURGE_DEV_KEY_FILE": str(tmp_path / "dev-api-key"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        # Not the session app's: HAProxy sends requests to Serve's fallback proxy until the direct ingress is in
+        # rotation, and a shared fallback port would hand them to the session's app (and its key store).
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        "SURGE_OBSERVABILITY__METRICS__EXPORT_PORT": str(free_port()),
     }
 
 

@@ -43,9 +43,11 @@ def test_itl_comes_out_per_token_not_per_message(steady_run: LoadRun) -> None:
         assert len(record.itl_s) == 20 and all(len(set(g)) == 1 for g in groups)
         # The server sleeps 40 ms between messages, so 20 tokens take >= 200 ms after the first.
         assert record.tpot_s == pytest.approx(sum(record.itl_s) / 20, rel=1e-3)  # itl_s rounded to µs
-        assert record.tpot_s >= 0.0099
+        # A lower bound with room for the event loop's timer slack (a CI run measured 9.8 ms): per token is ~10 ms,
+        # per message would be 40 ms.
+        assert record.tpot_s >= 0.0075
     for tier in steady_run.summary["tiers"].values():
-        assert 0.0099 <= tier["itl_p50_s"] < 0.040  # a per-message ITL would be >= 40 ms
+        assert 0.0075 <= tier["itl_p50_s"] < 0.040  # a per-message ITL would be >= 40 ms
 
 
 def test_ttft_is_the_first_token_not_the_response_headers(steady_run: LoadRun) -> None:

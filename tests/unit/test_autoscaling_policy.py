@@ -28,6 +28,13 @@ def signals(**fields: Any) -> Signals:
     return Signals(**{**base, **fields})
 
 
+
+def _policy(config: dict[str, Any]) -> SurgePolicy:
+    """A pool's policy that hears of no shed: these specs must not read the Ray KV of a test session's app."""
+    policy = SurgePolicy(**config["policy"]["policy_kwargs"])
+    policy.set_shed_source(lambda: None)
+    return policy
+
 def test_demand_beyond_panic_factor_jumps_straight_to_what_the_queue_needs() -> None:
     decision, _ = decide(signals(demand=75), PARAMS, None)  # 75 > 2 x (2 x 10)
     assert decision.replicas == 8 and decision.kind == "panic"
@@ -134,7 +141,7 @@ def test_policy_kwargs_are_json_for_serve_and_default_target_is_half_the_replica
 
 def test_serve_applies_the_policys_panic_decision_at_once() -> None:
     config = serve_autoscaling_config(pool(min_replicas=1, max_replicas=4), "pool-main")
-    policy = _apply_autoscaling_config(SurgePolicy(**config["policy"]["policy_kwargs"]))
+    policy = _apply_autoscaling_config(_policy(config))
     ctx = context(config, current=1, target=1, total=60, metrics={"engine_waiting_requests": [40]})
     replicas, state = policy(ctx)
     assert replicas == 4  # demand 60 at 10 per replica, capped at max 4, with no Serve delay in between
@@ -143,7 +150,7 @@ def test_serve_applies_the_policys_panic_decision_at_once() -> None:
 
 def test_the_policy_reads_engine_stats_from_aggregated_metrics() -> None:
     config = serve_autoscaling_config(pool(min_replicas=1, max_replicas=4, ttft_slo_s=1), "pool-main")
-    policy = SurgePolicy(**config["policy"]["policy_kwargs"])
+    policy = _policy(config)
     metrics = {"engine_waiting_requests": [3, 0], "ttft_recent_s": [0.2, 2.5], "kv_cache_usage": [0.5, 0.95]}
     replicas, state = policy(context(config, current=2, target=2, total=15, metrics=metrics))
     assert replicas == 3 and state["surge_kind"] == "slo"
@@ -151,7 +158,7 @@ def test_the_policy_reads_engine_stats_from_aggregated_metrics() -> None:
 
 def test_the_scale_down_timer_survives_between_ticks_in_policy_state() -> None:
     config = serve_autoscaling_config(pool(min_replicas=1, max_replicas=4, scale_down_delay_s=30), "pool-main")
-    policy = SurgePolicy(**config["policy"]["policy_kwargs"])
+    policy = _policy(config)
     _, state = policy(context(config, current=3, target=3, total=0, metrics={}, now=1000))
     replicas, state = policy(context(config, current=3, target=3, total=0, metrics={}, state=state, now=1031))
     assert replicas == 2 and state["surge_kind"] == "scale_down"
@@ -164,7 +171,7 @@ def test_a_calendar_event_prewarms_before_its_start_by_the_measured_cold_start(t
              "multiplier": 3, "pools": ["main"]}  # fmt: skip
     calendar.write_text(yaml.safe_dump({"margin_s": 60, "events": [event]}))
     config = serve_autoscaling_config(pool(min_replicas=1, max_replicas=4, calendar=str(calendar)), "pool-main")
-    policy = SurgePolicy(**config["policy"]["policy_kwargs"])
+    policy = _policy(config)
     measured = {"startup_s": [240.0]}
     early = start.timestamp() - 240 - 60 - 1
     replicas, _ = policy(context(config, current=1, target=1, total=0, metrics=measured, now=early))
