@@ -12,6 +12,7 @@ import bisect
 import csv
 import math
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -128,7 +129,7 @@ def thin_requests(arrivals: list[Arrival], spec: RunSpec) -> list[Arrival]:
     return out
 
 
-class Plan:
+class Plan(ABC):
     """A scenario bound to its spec: `rate_rps(t)` and `duration_s` in run seconds, arrivals, users per tick."""
 
     lookahead_s = 5.0  # users are ready before a flash sale, not after it
@@ -137,12 +138,14 @@ class Plan:
         self.spec = spec
         self._users = 0
 
+    @abstractmethod
     def rate_rps(self, t_s: float) -> float:
-        raise NotImplementedError
+        """The target arrival rate at run second `t_s`."""
 
     @property
+    @abstractmethod
     def duration_s(self) -> float:
-        raise NotImplementedError
+        """How long the scenario runs, in run seconds."""
 
     def arrivals(self) -> list[Arrival]:
         process = ArrivalProcess(self.spec.process, self.spec.cv)
