@@ -90,3 +90,23 @@ def postgres_server() -> Iterator[str]:
             check=False,
         )
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def fresh_database(admin_dsn: str, prefix: str) -> str:
+    """Create an empty database on the server of `admin_dsn` and return its DSN (one per test)."""
+    import asyncio
+    import uuid
+
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return f"{admin_dsn.rsplit('/', 1)[0]}/{name}"

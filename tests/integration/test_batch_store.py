@@ -3,16 +3,13 @@ answer, status changes are compare-and-set, and every read is scoped to its tena
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from deployments.batch.store import BatchRow, BatchStore, FileRow, LineResult
-from tests.pg_server import postgres_server
+from tests.pg_server import fresh_database, postgres_server
 
 
 @pytest.fixture(scope="module")
@@ -21,22 +18,12 @@ def postgres_admin_dsn() -> Iterator[str]:
         yield dsn
 
 
-async def _create_database(admin_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'batches.db'}"
     admin_dsn: str = request.getfixturevalue("postgres_admin_dsn")
-    name = f"surge_batch_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_create_database(admin_dsn, name))
-    return f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
+    return fresh_database(admin_dsn, "surge_batch")
 
 
 @pytest.fixture

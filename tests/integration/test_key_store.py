@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -26,7 +25,7 @@ from deployments.admission.store import (
     open_store,
     sqlite_path,
 )
-from tests.pg_server import postgres_server
+from tests.pg_server import fresh_database, postgres_server
 
 # 20 s into a minute; every test charges within this one minute unless it moves on.
 NOW = 1_700_000_000.0
@@ -47,23 +46,13 @@ def postgres_admin_dsn() -> Iterator[str]:
         yield dsn
 
 
-async def _create_database(admin_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database for each test."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'keys.db'}"
     admin_dsn: str = request.getfixturevalue("postgres_admin_dsn")
-    name = f"surge_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_create_database(admin_dsn, name))
-    return f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
+    return fresh_database(admin_dsn, "surge_test")
 
 
 @pytest.fixture
