@@ -5,11 +5,18 @@ a group SIGTERM) reaches the driver and Ray's processes at once, that actor can 
 which then outlives the run, reparented to init and still bound to the public port. The HAProxy wrapper
 (cluster/bin/haproxy-loopback) records each HAProxy it starts in a file named by SURGE_HAPROXY_PIDFILE, so the
 run that started them can end exactly those, whatever happened to Ray.
+
+vLLM's engine processes are the same story one level down: the replica actor that spawned them can die on the
+same signal before it shuts its engine down. `make run` therefore makes itself a child subreaper: every process
+orphaned below it is reparented to it rather than to init, and it stops whatever of its tree is left once Serve
+and Ray are down (`stop_descendants`). Only `make run` does this; a test or benchmark process has children of
+its own (database servers) that are not Ray's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -18,7 +25,10 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["PIDFILE_ENV", "export_haproxy_pidfile", "haproxy_pidfile", "port_holder", "stop_recorded_haproxy"]
+__all__ = [
+    "PIDFILE_ENV", "adopt_orphans", "export_haproxy_pidfile", "haproxy_pidfile", "port_holder", "stop_descendants",
+    "stop_recorded_haproxy",
+]
 
 PIDFILE_ENV = "SURGE_HAPROXY_PIDFILE"
 
@@ -51,20 +61,52 @@ def _recorded(path: Path) -> list[psutil.Process]:
     return live
 
 
-def stop_recorded_haproxy(path: Path, grace_s: float = 5.0) -> list[int]:
-    """SIGTERM every HAProxy recorded in `path` that still runs, SIGKILL what outlives `grace_s`;
-    returns the pids that had to be stopped."""
-    left = _recorded(path)
-    for process in left:
+def _terminate(processes: list[psutil.Process], grace_s: float) -> list[int]:
+    """SIGTERM `processes`, SIGKILL what outlives `grace_s` (reaping our own children); returns their pids."""
+    for process in processes:
         with contextlib.suppress(psutil.Error):
             process.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(left, timeout=grace_s)
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return [p.pid for p in processes]
+
+
+def stop_recorded_haproxy(path: Path, grace_s: float = 5.0) -> list[int]:
+    """SIGTERM every HAProxy recorded in `path` that still runs, SIGKILL what outlives `grace_s`;
+    returns the pids that had to be stopped."""
+    stopped = _terminate(_recorded(path), grace_s)
     with contextlib.suppress(OSError):
         path.unlink()
-    return [p.pid for p in left]
+    return stopped
+
+
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def adopt_orphans() -> bool:
+    """Make this process the child subreaper of its tree (Linux): orphaned descendants become its children, so
+    `stop_descendants` finds them. False where the kernel refuses or the platform has no prctl."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def stop_descendants(grace_s: float = 10.0) -> list[str]:
+    """Stop every process still running below this one (SIGTERM, then SIGKILL after `grace_s`);
+    returns them as "pid (name)" for the log."""
+    left, names = [], []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                names.append(f"{process.pid} ({process.name()})")
+                left.append(process)
+    _terminate(left, grace_s)
+    return names
 
 
 def port_holder(host: str, port: int) -> str | None:
@@ -83,4 +125,3 @@ def port_holder(host: str, port: int) -> str | None:
                 return f"pid {conn.pid} ({cmdline})"
             return f"pid {conn.pid}"
     return "another process (not visible to this user)"
-

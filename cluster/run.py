@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from cluster.config import PROJECT_ROOT, ConfigError, SurgeConfig, load_config
-from cluster.processes import port_holder
+from cluster.processes import adopt_orphans, port_holder, stop_descendants
 from cluster.serving import metrics_url, serving
 
 __all__ = ["main"]
@@ -89,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         key_line = f"  export SURGE_API_KEY={_dev_key(config.admission.key_store_dsn)}\n"
         key_line += _dev_token_warning(config)
     stop = threading.Event()
+    adopt_orphans()
+    try:
+        _serve_until(stop, config, key_line)
+    finally:
+        if left := stop_descendants():
+            print(f"surge: stopped processes that outlived Ray: {', '.join(left)}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _serve_until(stop: threading.Event, config: SurgeConfig, key_line: str) -> None:
     with serving(config) as url:
         # Installed after Ray starts: ray.init replaces SIGTERM's handler with one that exits at once.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_banner(url, config, key_line), flush=True)
         stop.wait()
         print("surge: shutting down Serve and Ray ...", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
