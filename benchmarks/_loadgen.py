@@ -19,12 +19,12 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
 __all__ = [
-    "LoadSpec", "RequestRecord", "main", "payload", "prompt_text", "prompts", "run_load", "send_load",
+    "LoadSpec", "RequestRecord", "main", "payload", "prompt_text", "prompts", "run_load", "send_load", "send_load_raw",
     "summarize_load",
 ]  # fmt: skip
 
@@ -67,6 +67,7 @@ class RequestRecord:
     max_gap_s: float = 0.0
     error: str | None = None
     gaps_s: list[float] = field(default_factory=list)
+    sent_unix_s: float = 0.0  # wall clock at send, to line the request up with its trace's spans
 
 
 def prompts(count: int = 8) -> list[str]:
@@ -128,7 +129,7 @@ async def _read_stream(response: aiohttp.ClientResponse, start: float, record: R
 
 async def _one(session: aiohttp.ClientSession, spec: LoadSpec, i: int) -> RequestRecord:
     start = time.perf_counter()
-    record = RequestRecord(status=0, latency_s=0.0)
+    record = RequestRecord(status=0, latency_s=0.0, sent_unix_s=time.time())
     try:
         async with session.post(spec.url + _path(spec), json=payload(spec, i)) as response:
             record.status = response.status
@@ -195,13 +196,18 @@ def _cpu_s() -> float:
 
 def send_load(spec: LoadSpec) -> dict[str, Any]:
     """Run the generator in a process of its own and return its summarized report."""
+    return summarize_load(spec, send_load_raw(spec))
+
+
+def send_load_raw(spec: LoadSpec) -> dict[str, Any]:
+    """Run the generator in a process of its own and return its report, every request's record included."""
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks._loadgen", json.dumps(asdict(spec))],
         capture_output=True, text=True, check=False, timeout=spec.duration_s + spec.timeout_s + 600,
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")
-    return summarize_load(spec, json.loads(done.stdout))
+    return cast(dict[str, Any], json.loads(done.stdout))
 
 
 def _pct(values: list[float], q: float) -> float | None:

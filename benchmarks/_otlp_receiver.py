@@ -26,6 +26,12 @@ class ReceivedSpan:
     parent_span_id: str
     service: str
     attributes: dict[str, object]
+    start_ns: int = 0
+    end_ns: int = 0
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
 
 
 class OtlpReceiver:
@@ -44,9 +50,14 @@ class OtlpReceiver:
                 for span in scope_spans.spans:
                     attrs = {a.key: _value(a.value) for a in span.attributes}
                     received.append(ReceivedSpan(span.name, span.trace_id.hex(), span.span_id.hex(),
-                                                 span.parent_span_id.hex(), resource.get("service.name", ""), attrs))
+                                                 span.parent_span_id.hex(), resource.get("service.name", ""), attrs,
+                                                 span.start_time_unix_nano, span.end_time_unix_nano))
         with self._lock:
             self.spans.extend(received)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.spans.clear()
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         with self._lock:
