@@ -25,6 +25,7 @@ from deployments.admission.decisions import (
 )
 from deployments.admission.identity import Identity, Principal
 from deployments.admission.notify import Destination, Notifier
+from deployments.admission.outage import key_store_outage
 from deployments.admission.shared_cache import RedisCache, TieredCache
 from deployments.admission.store import ApiKey, KeyStore, hash_key, open_store
 from deployments.admission.tokens import looks_like_jwt
@@ -95,7 +96,8 @@ class AdmissionGate:
     async def store(self) -> KeyStore:
         async with self._store_lock:
             if self._store is None:
-                self._store = await open_store(self._config.key_store_dsn)
+                with key_store_outage():
+                    self._store = await open_store(self._config.key_store_dsn)
             return self._store
 
     async def authenticate(self, authorization: str | None) -> Tenant:
@@ -130,7 +132,9 @@ class AdmissionGate:
         cached = self._keys.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        key = await (await self.store()).lookup(plaintext)
+        store = await self.store()
+        with key_store_outage():
+            key = await store.lookup(plaintext)
         if len(self._keys) > 10_000:
             self._keys.clear()
         self._keys[digest] = (now + _KEY_CACHE_S, key)
@@ -163,9 +167,10 @@ class AdmissionGate:
             return None
         store = await self.store()
         fraction = self._config.quota_warning_fraction if tenant.notify is not None else None
-        result = await store.reserve(
-            tenant.key.id, now=time.time(), requests=1, tokens=tokens, tier=tenant.tier, warning_fraction=fraction
-        )
+        with key_store_outage():
+            result = await store.reserve(
+                tenant.key.id, now=time.time(), requests=1, tokens=tokens, tier=tenant.tier, warning_fraction=fraction
+            )
         if isinstance(result, Rejection):
             code = "rate_limit_exceeded" if result.limit in ("requests", "tokens") else "insufficient_quota"
             raise RateLimited(result.reason, code=code, headers=result.headers(self._config.quota_warning_fraction))
