@@ -1,11 +1,20 @@
-"""`make run`: serve the configured pools on a local Ray cluster until Ctrl-C or SIGTERM."""
+"""`make run`: serve the configured pools on a local Ray cluster until Ctrl-C or SIGTERM.
+
+Two processes. The outer one never starts Ray: it is the child subreaper of the run, so every process orphaned
+below it (vLLM's engine processes, Ray's HAProxy) is reparented to it, and once the server process has exited,
+however it exited, it stops whatever of the run is left. The server process (`--serve`) starts Ray and the app;
+Ray may end it with `_exit` (its core worker does when the GCS goes away under it), which skips any cleanup
+of its own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -71,7 +80,39 @@ def _dev_key(dsn: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--serve"]:
+        return _serve(args[1:])
+    return _supervise(args)
+
+
+_STOP_GRACE_S = 120.0  # the server process's own shutdown (Serve's, then Ray's) is bounded well within this
+
+
+def _supervise(args: list[str]) -> int:
+    """Run the server process, pass it Ctrl-C/SIGTERM, then stop what of the run outlived it."""
+    adopt_orphans()
+    server = subprocess.Popen([sys.executable, "-m", "cluster.run", "--serve", *args])
+    signalled: list[float] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        signalled.append(time.monotonic())
+        with contextlib.suppress(ProcessLookupError):
+            server.send_signal(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    while server.poll() is None:
+        if signalled and time.monotonic() - signalled[0] > _STOP_GRACE_S:
+            server.kill()
+        time.sleep(0.2)
+    if left := stop_descendants():
+        print(f"surge: stopped processes that outlived Ray: {', '.join(left)}", file=sys.stderr, flush=True)
+    return server.returncode if server.returncode >= 0 else 128 - server.returncode
+
+
+def _serve(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.run", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML config (default: $SURGE_CONFIG or configs/local.yaml)")
     args = parser.parse_args(argv)
     try:
@@ -88,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.admission.enabled:
         key_line = f"  export SURGE_API_KEY={_dev_key(config.admission.key_store_dsn)}\n"
         key_line += _dev_token_warning(config)
-    stop = threading.Event()
-    adopt_orphans()
-    try:
-        _serve_until(stop, config, key_line)
-    finally:
-        if left := stop_descendants():
-            print(f"surge: stopped processes that outlived Ray: {', '.join(left)}", file=sys.stderr, flush=True)
+    _serve_until(threading.Event(), config, key_line)
     return 0
 
 

@@ -9,11 +9,15 @@ __all__ = [
     "ContextLengthExceeded",
     "DeadlineExceeded",
     "Forbidden",
+    "HeadersTooLarge",
     "ModelNotFound",
+    "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
     "ServiceUnavailable",
     "SurgeError",
     "Unauthorized",
+    "UnsupportedMediaType",
     "error_body",
 ]
 
@@ -84,6 +88,34 @@ class ContextLengthExceeded(SurgeError):
     status = 413
     type = "invalid_request_error"
     default_code = "context_length_exceeded"
+
+
+class PayloadTooLarge(SurgeError):
+    """The body is over `ingress.limits.max_body_bytes`; refused before it is parsed."""
+
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RequestTimeout(SurgeError):
+    """The body did not arrive within `ingress.limits.body_timeout_s`."""
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class UnsupportedMediaType(SurgeError):
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
+class HeadersTooLarge(SurgeError):
+    status = 431
+    type = "invalid_request_error"
+    default_code = "headers_too_large"
 
 
 class RateLimited(SurgeError):

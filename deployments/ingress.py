@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from cluster.config import SurgeConfig
-from deployments import observability
+from deployments import limits, observability
 from deployments.admission.gate import AdmissionGate
 from deployments.batch import routes as batch_routes
 from deployments.dispatch import Dispatcher
@@ -30,6 +31,8 @@ __all__ = ["Ingress", "app"]
 
 logger = logging.getLogger("surge.ingress")
 app = FastAPI(title="surge", description="OpenAI-compatible LLM serving on Ray Serve + vLLM")
+# Inside the observability middleware, so refusals for size, type or time are counted like any other.
+app.add_middleware(limits.RequestLimitsMiddleware)
 observability.install(app)
 # OpenAI's Batch API (/v1/files, /v1/batches); its routes and logic live in deployments/batch/.
 app.include_router(batch_routes.router)
@@ -38,6 +41,17 @@ app.include_router(batch_routes.router)
 @app.exception_handler(SurgeError)
 async def _surge_error(_: Request, exc: SurgeError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own refusals (unknown path, wrong method, unreadable body) in the contract."""
+    if isinstance(exc, limits.BodyRejected):
+        return JSONResponse(exc.error.body(), status_code=exc.status_code, headers={"Connection": "close"})
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_body")
+    type_ = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+    body = error_body(str(exc.detail), type_, None, code)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -69,6 +83,7 @@ class Ingress:
         handles = {pool: for_this_process(handle) for pool, handle in handles.items()}
         self._handles = handles
         self._max_batch_items = config.ingress.max_batch_items
+        limits.configure(config.ingress.limits, config.batch.max_file_bytes)
         self._gate = AdmissionGate(config.admission)
         batch_routes.install(config, self._gate)
         routes = RouteClient(for_this_process(router), config.route_table(), config.routing)

@@ -236,6 +236,7 @@ async def _sse_events(
     except Exception as exc:
         err = as_surge_error(exc)
         ok = False
+        observability.stream_failed(err.status, err.code)
         logger.warning("stream %s failed after its first token: %s", shape.response_id, err.message)
         yield sse(err.body())
     finally:

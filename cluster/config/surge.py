@@ -75,9 +75,28 @@ class BatchConfig(_Strict):
     max_concurrent_batches: int = Field(64, ge=1)
 
 
+class RequestLimitsConfig(_Strict):
+    """Bounds on what one HTTP request may carry, enforced by the ingress before its JSON is parsed."""
+
+    # 8 MiB, like common API gateways; a 1024-token context needs a few KiB. Over it: 413, on Content-Length
+    # or while a chunked body arrives.
+    max_body_bytes: int = Field(8 << 20, ge=1024)
+    # `POST /v1/files` uploads are bounded by `batch.max_file_bytes` plus this much multipart framing.
+    upload_overhead_bytes: int = Field(1 << 20, ge=0)
+    # The whole body must arrive within this long after the headers, or 408: a slow client cannot hold a
+    # connection and its buffer forever (uvicorn and HAProxy bound only the gaps between reads, or nothing).
+    body_timeout_s: float = Field(30.0, gt=0)
+    # Chat messages per request (OpenAI's own limit is 2048); checked before the messages are validated.
+    max_messages: int = Field(2048, ge=1)
+    # Request headers; HAProxy's own limit (101 headers, 16 KiB buffer) usually answers first, with a 400.
+    max_headers: int = Field(100, ge=8)
+    max_header_bytes: int = Field(32 << 10, ge=1024)
+
+
 class IngressConfig(_Strict):
     """The HTTP-facing deployment."""
 
+    limits: RequestLimitsConfig = RequestLimitsConfig()
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.5, ge=0)
     max_ongoing_requests: int = Field(1000, ge=1)

@@ -25,15 +25,18 @@ from deployments.admission.decisions import (
 )
 from deployments.admission.identity import Identity, Principal
 from deployments.admission.notify import Destination, Notifier
+from deployments.admission.outage import key_store_outage
 from deployments.admission.shared_cache import RedisCache, TieredCache
-from deployments.admission.store import ApiKey, KeyStore, hash_key, open_store
+from deployments.admission.store import ApiKey, KeyStore, RevokedKeyError, hash_key, open_store
 from deployments.admission.tokens import looks_like_jwt
 from deployments.engines.base import ChatPrompt, Prompt, SamplingSpec, TextPrompt
 from deployments.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 
 __all__ = ["ANONYMOUS", "AdmissionGate", "Tenant", "prompt_token_bound"]
 
-# A revoked key keeps working on a replica for at most this long; saves a database round trip per request.
+# How long a key's row is cached per replica. A revocation still takes effect at the key's next request: the
+# quota reservation every generation makes reads the row in its transaction (store.RevokedKeyError).
+# Routes that reserve nothing (/v1/models, /v1/files, /v1/batches) may see a revoked key for this long.
 _KEY_CACHE_S = 5.0
 # Chat templates add a few tokens per message (role headers, end-of-turn).
 _TEMPLATE_TOKENS_PER_MESSAGE = 16
@@ -95,7 +98,8 @@ class AdmissionGate:
     async def store(self) -> KeyStore:
         async with self._store_lock:
             if self._store is None:
-                self._store = await open_store(self._config.key_store_dsn)
+                with key_store_outage():
+                    self._store = await open_store(self._config.key_store_dsn)
             return self._store
 
     async def authenticate(self, authorization: str | None) -> Tenant:
@@ -130,11 +134,18 @@ class AdmissionGate:
         cached = self._keys.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        key = await (await self.store()).lookup(plaintext)
+        store = await self.store()
+        with key_store_outage():
+            key = await store.lookup(plaintext)
         if len(self._keys) > 10_000:
             self._keys.clear()
         self._keys[digest] = (now + _KEY_CACHE_S, key)
         return key
+
+    def _forget_key(self, key_id: str) -> None:
+        """Drop a revoked key from this replica's cache, so its other routes refuse it at once too."""
+        for digest in [d for d, (_, key) in self._keys.items() if key is not None and key.id == key_id]:
+            del self._keys[digest]
 
     def check_model(self, tenant: Tenant, model: str) -> None:
         if tenant.tier is not None and not check_model_allowed(model, tenant.tier):
@@ -163,9 +174,15 @@ class AdmissionGate:
             return None
         store = await self.store()
         fraction = self._config.quota_warning_fraction if tenant.notify is not None else None
-        result = await store.reserve(
-            tenant.key.id, now=time.time(), requests=1, tokens=tokens, tier=tenant.tier, warning_fraction=fraction
-        )
+        try:
+            with key_store_outage():
+                result = await store.reserve(
+                    tenant.key.id, now=time.time(), requests=1, tokens=tokens, tier=tenant.tier,
+                    warning_fraction=fraction,
+                )
+        except RevokedKeyError:
+            self._forget_key(tenant.key.id)
+            raise Unauthorized("Incorrect or revoked API key provided.") from None
         if isinstance(result, Rejection):
             code = "rate_limit_exceeded" if result.limit in ("requests", "tokens") else "insufficient_quota"
             raise RateLimited(result.reason, code=code, headers=result.headers(self._config.quota_warning_fraction))

@@ -24,7 +24,8 @@ from deployments.admission.store import _Sql, _SqlKeyStore
 
 __all__ = ["SqliteKeyStore"]
 
-_BUSY_TIMEOUT_S = 30.0
+# A request waits this long for a locked database, then gets a 503 (admission/outage.py).
+_BUSY_TIMEOUT_S = 5.0
 _RETRY_S = 0.05
 
 P = ParamSpec("P")

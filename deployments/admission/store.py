@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -39,6 +40,7 @@ __all__ = [
     "ApiKey",
     "KeyNameTakenError",
     "KeyStore",
+    "RevokedKeyError",
     "UnknownKeyError",
     "Usage",
     "hash_key",
@@ -87,6 +89,10 @@ class KeyNameTakenError(ValueError):
 
 class UnknownKeyError(LookupError):
     """No key has this id."""
+
+
+class RevokedKeyError(UnknownKeyError):
+    """The key was revoked; a reservation for it is refused in the transaction that would charge it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,12 +243,18 @@ class _SqlKeyStore(KeyStore):
     async def lookup(self, plaintext: str) -> ApiKey | None:
         if not plaintext.startswith(KEY_PREFIX):
             return None
+        # Found by its SHA-256 digest: the index compares digests, which a caller cannot steer byte by byte
+        # toward a stored key; the digest is then compared again in constant time, in case a driver or collation
+        # ever matched loosely.
+        digest = hash_key(plaintext)
         async with self._transaction(write=False) as tx:
             rows = await tx(
-                f"SELECT {_KEY_COLUMNS} FROM surge_api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-                hash_key(plaintext),
+                f"SELECT {_KEY_COLUMNS}, key_hash FROM surge_api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                digest,
             )
-        return ApiKey(*rows[0]) if rows else None
+        if not rows or not hmac.compare_digest(str(rows[0][-1]), digest):
+            return None
+        return ApiKey(*rows[0][:-1])
 
     async def list_keys(self) -> list[ApiKey]:
         async with self._transaction(write=False) as tx:
@@ -271,7 +283,7 @@ class _SqlKeyStore(KeyStore):
             raise ValueError("requests and tokens must be >= 0")
         minute, day = window_start(now, MINUTE_S), day_of(now)
         async with self._transaction() as tx:
-            await self._lock_key(tx, key_id)
+            await self._lock_key(tx, key_id, active=True)
             used = await read_usage(tx, key_id, minute, day, tier)
             decision = rate_limit_decision(used, now=now, requests=requests, tokens=tokens, tier=tier)
             if not decision.admit:
@@ -300,10 +312,14 @@ class _SqlKeyStore(KeyStore):
             rows = await tx(sql, key_id, day.isoformat())
         return Usage(int(rows[0][0]), int(rows[0][1])) if rows else Usage()
 
-    async def _lock_key(self, tx: _Sql, key_id: str) -> None:
-        rows = await tx(f"SELECT id FROM surge_api_keys WHERE id = ?{self._FOR_UPDATE}", key_id)
+    async def _lock_key(self, tx: _Sql, key_id: str, *, active: bool = False) -> None:
+        """Lock the key's row; with `active`, refuse a revoked key (the row is read anyway, so revocation is
+        seen by the very next reservation on every ingress replica, whatever their key caches hold)."""
+        rows = await tx(f"SELECT revoked_at FROM surge_api_keys WHERE id = ?{self._FOR_UPDATE}", key_id)
         if not rows:
             raise UnknownKeyError(f"no key with id {key_id!r}")
+        if active and rows[0][0] is not None:
+            raise RevokedKeyError(f"key {key_id!r} is revoked")
 
 
 async def _charge(tx: _Sql, key_id: str, minute: int, day: date, used: WindowUsage, requests: int, tokens: int) -> None:

@@ -19,7 +19,7 @@ from deployments.engines.base import GenerationRequest
 from deployments.observability.asgi import ObservabilityMiddleware, Observer
 from deployments.observability.logs import request_logger
 from deployments.observability.metrics import InstrumentFactory, SurgeMetrics, ray_instruments
-from deployments.observability.record import cache_lookup, classified, dispatching, finished
+from deployments.observability.record import cache_lookup, classified, dispatching, finished, stream_failed
 from deployments.observability.tracing import Tracing, engine_trace_headers, set_engine_trace_headers
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "observability_env",
     "replica_span",
     "settings",
+    "stream_failed",
 ]
 
 ENV_VAR = "SURGE_OBSERVABILITY"

@@ -15,7 +15,7 @@ from opentelemetry.trace import Span
 
 from deployments.engines.base import GenerationChunk, GenerationRequest
 
-__all__ = ["RequestRecord", "cache_lookup", "classified", "current", "dispatching", "finished"]
+__all__ = ["RequestRecord", "cache_lookup", "classified", "current", "dispatching", "finished", "stream_failed"]
 
 
 class _Decision(Protocol):
@@ -114,6 +114,13 @@ def finished(chunk: GenerationChunk) -> None:
     record = _CURRENT.get()
     if record is not None:
         record.prompt_tokens, record.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
+
+
+def stream_failed(status: int, code: str | None) -> None:
+    """A stream that failed after its 200 was sent: counted with the error's status, not as a success."""
+    record = _CURRENT.get()
+    if record is not None:
+        record.status, record.error_code = status, code or "error"
 
 
 def _mark(record: RequestRecord, name: str, now_s: float, attributes: dict[str, Any]) -> None:

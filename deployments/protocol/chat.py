@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deployments.engines.base import ChatPrompt
+from deployments.errors import BadRequest
+from deployments.limits import current_limits
 from deployments.protocol.common import SamplingFields, reject_unsupported
 
 __all__ = ["ChatCompletionRequest", "ChatMessage"]
@@ -43,6 +45,19 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_many_messages(cls, data: Any) -> Any:
+        # Before the messages are validated one by one: 10,000 of them cost nothing but this length check.
+        max_messages = current_limits()[0].max_messages
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if isinstance(messages, list) and len(messages) > max_messages:
+            raise BadRequest(
+                f"At most {max_messages} messages per request; got {len(messages)}.",
+                param="messages", code="too_many_messages",
+            )  # fmt: skip
+        return data
 
     @field_validator("messages")
     @classmethod

@@ -46,6 +46,8 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # OpenAI's bounds (token id -> bias in [-100, 100]); validated, then refused: the engine seam has no biases.
+    logit_bias: dict[str, float] | None = Field(None, max_length=1024)
     # surge extra: 1 (most urgent) .. 5, kept within the caller's tier bounds.
     priority: int | None = Field(None, ge=1, le=5)
 
@@ -62,6 +64,16 @@ class SamplingFields(BaseModel):
         if isinstance(stop, list) and len(stop) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
         return stop
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_bounds(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token, value in (bias or {}).items():
+            if not token.isdigit() or not -100.0 <= value <= 100.0:
+                raise ValueError("keys must be token ids and biases between -100 and 100")
+        if bias:
+            raise ValueError("logit_bias is not supported by this server")
+        return bias
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingFields:

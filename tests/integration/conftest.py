@@ -33,6 +33,7 @@ TEST_TIERS = {
 # Shedding kicks in early on `main`, so a test can fill its queue with a handful of streams; the small
 # `fallback` pool sheds late, so a burst of 200 requests reaches the quota check.
 TEST_SHED = ShedConfig(queue_limit=8, pool_queue_limits={"fallback": 1000})
+BODY_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ def surge_config(api_keys: Keys, token_key_file: str, otlp: OtlpReceiver) -> Sur
     )
     # A wide batching window, so concurrent test requests reliably share a batch.
     batching = config.ingress.batching.model_copy(update={"batch_wait_timeout_s": 0.05})
-    ingress = config.ingress.model_copy(update={"batching": batching})
+    # A short body deadline, so the slow-client test (test_http_errors.py) waits seconds, not the default 30 s.
+    limits = config.ingress.limits.model_copy(update={"body_timeout_s": BODY_TIMEOUT_S})
+    ingress = config.ingress.model_copy(update={"batching": batching, "limits": limits})
     main = config.pools[0]
     fallback = main.model_copy(
         update={"name": "fallback", "model": ".cache/models/surge-fallback", "served_model_name": "surge-fallback",

@@ -19,6 +19,7 @@ from deployments.admission.store import (
     KEY_PREFIX,
     KeyNameTakenError,
     KeyStore,
+    RevokedKeyError,
     UnknownKeyError,
     Usage,
     hash_key,
@@ -167,6 +168,23 @@ async def test_next_minute_starts_a_fresh_rate_window(store: KeyStore) -> None:
 async def test_reserving_for_an_unknown_key_raises(store: KeyStore) -> None:
     with pytest.raises(UnknownKeyError):
         await store.reserve("key_missing", now=NOW, requests=1, tokens=1, tier=tier())
+
+
+async def test_reserving_for_a_revoked_key_raises_and_charges_nothing(store: KeyStore) -> None:
+    key, _ = await store.create_key("alice", "pro")
+    await store.revoke("alice")
+    with pytest.raises(RevokedKeyError):
+        await store.reserve(key.id, now=NOW, requests=1, tokens=1, tier=tier())
+    assert await store.usage(key.id, DAY) == Usage()
+
+
+async def test_a_reservation_made_before_revocation_still_settles(store: KeyStore) -> None:
+    key, _ = await store.create_key("alice", "pro")
+    reservation = await store.reserve(key.id, now=NOW, requests=1, tokens=100, tier=tier())
+    assert isinstance(reservation, Reservation)
+    await store.revoke("alice")
+    await store.settle(reservation, 40)
+    assert await store.usage(key.id, DAY) == Usage(requests=1, tokens=40)
 
 
 async def test_settle_refunds_unused_tokens(store: KeyStore) -> None:

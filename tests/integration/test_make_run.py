@@ -74,14 +74,24 @@ def _live_pids(pids: set[int]) -> set[int]:
     return {pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
 
 
-def test_run_serves_streams_and_stops_cleanly_on_group_sigterm(tmp_path: Path) -> None:
-    port = free_port()
-    log = tmp_path / "run.log"
+def _server_pid(run_pid: int) -> int:
+    """The server process (`cluster.run --serve`, the one that starts Ray) below make run's outer process."""
+    (server,) = [c for c in psutil.Process(run_pid).children() if "--serve" in c.cmdline()]
+    return server.pid
+
+
+def _start_run(tmp_path: Path, port: int, log: Path) -> subprocess.Popen[str]:
     with log.open("w") as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=_env(tmp_path, port), start_new_session=True,
             stdout=out, stderr=subprocess.STDOUT, text=True,
         )
+
+
+def test_run_serves_streams_and_stops_cleanly_on_group_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "run.log"
+    proc = _start_run(tmp_path, port, log)
     haproxy: set[int] = set()
     try:
         url = f"http://127.0.0.1:{port}"
@@ -93,7 +103,7 @@ def test_run_serves_streams_and_stops_cleanly_on_group_sigterm(tmp_path: Path) -
             model="surge-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
         )
         assert any(chunk.choices and chunk.choices[0].finish_reason for chunk in stream)
-        haproxy = {int(pid) for pid in haproxy_pidfile(proc.pid).read_text().split()}
+        haproxy = {int(pid) for pid in haproxy_pidfile(_server_pid(proc.pid)).read_text().split()}
         assert haproxy, "HAProxy mode records the HAProxy it starts"
         # What Ctrl-C in a terminal does: the signal reaches the driver and Ray's processes in its group at once.
         os.killpg(proc.pid, signal.SIGTERM)
@@ -106,6 +116,25 @@ def test_run_serves_streams_and_stops_cleanly_on_group_sigterm(tmp_path: Path) -
     assert f"surge is serving on {url}/v1" in output and "curl " in output
     assert left == {}
     assert _live_pids(haproxy) == set(), "an HAProxy of this run outlived it"
+    assert port_holder("127.0.0.1", port) is None
+
+
+def test_a_killed_server_process_leaves_nothing_behind(tmp_path: Path) -> None:
+    """What Ray itself may do to the process that started it (its core worker `_exit`s when the GCS goes away):
+    the server process dies without any cleanup of its own, and make run's outer process still stops the rest."""
+    port = free_port()
+    log = tmp_path / "run.log"
+    proc = _start_run(tmp_path, port, log)
+    try:
+        _banner_key(proc, log)
+        os.kill(_server_pid(proc.pid), signal.SIGKILL)
+        proc.wait(timeout=180)
+        left = session_left_after(proc.pid, timeout_s=10)
+    finally:
+        kill_session(proc.pid)
+    assert proc.returncode == 128 + signal.SIGKILL, log.read_text()
+    assert left == {}, log.read_text()
+    assert "surge: stopped processes that outlived Ray" in log.read_text()
     assert port_holder("127.0.0.1", port) is None
 
 
