@@ -31,6 +31,12 @@ _PREFIX_ROUTER = "deployments.request_router:PrefixAffinityRouter"
 _ON_HEAD_NODE: dict[str, Any] = {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE_NAME: 0.001}}
 
 
+def _drain(config: SurgeConfig) -> dict[str, Any]:
+    """A stopping replica (scale-in, redeploy) takes no new work and finishes what it has: Serve waits while it
+    has requests, checking every second, for as long as a request may run (the server's request timeout)."""
+    return {"graceful_shutdown_wait_loop_s": 1.0, "graceful_shutdown_timeout_s": config.server.request_timeout_s}
+
+
 def pool_deployment_name(pool: PoolConfig) -> str:
     return f"pool-{pool.name}"
 
@@ -69,7 +75,9 @@ def _pool_sizes(config: SurgeConfig) -> dict[str, PoolSize]:
     }
 
 
-def _pool_app(pool: PoolConfig, engine_factory: EngineFactory, platform: Platform, env: dict[str, str]) -> Application:
+def _pool_app(
+    pool: PoolConfig, engine_factory: EngineFactory, platform: Platform, env: dict[str, str], drain: dict[str, Any]
+) -> Application:
     options, placed = pool_options(pool, platform)
     options["ray_actor_options"]["runtime_env"]["env_vars"].update(env)  # observability settings for replicas
     deployment = serve.deployment(
@@ -78,7 +86,7 @@ def _pool_app(pool: PoolConfig, engine_factory: EngineFactory, platform: Platfor
         max_ongoing_requests=pool.max_ongoing_requests,
         health_check_period_s=10,
         health_check_timeout_s=30,
-        graceful_shutdown_timeout_s=5,
+        **drain,
         **options,
         **_QUIET,
     )(ModelReplica)
@@ -91,7 +99,8 @@ def build_app(
     """The ingress, the traffic router, and one replica pool per configured model."""
     platform = platform or _platform()
     obs_env = observability_env(config.observability)
-    handles = {pool.name: _pool_app(pool, engine_factory, platform, obs_env) for pool in config.pools}
+    drain = _drain(config)
+    handles = {pool.name: _pool_app(pool, engine_factory, platform, obs_env, drain) for pool in config.pools}
     router = serve.deployment(name="traffic-router", num_replicas=1, ray_actor_options=_ON_HEAD_NODE, **_QUIET)(
         TrafficRouter
     ).bind(config.routing, config.route_table(), config.server.request_timeout_s, _pool_sizes(config))
@@ -100,7 +109,7 @@ def build_app(
         num_replicas=config.ingress.num_replicas,
         max_ongoing_requests=config.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.ingress.num_cpus},
-        graceful_shutdown_timeout_s=5,
+        **drain,
         **_QUIET,
     )(Ingress)
     return ingress.bind(config, handles, router, _batch_runner(config, handles))
