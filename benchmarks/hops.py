@@ -119,15 +119,16 @@ def _client_tpot(record: RequestRecord) -> float | None:
     return (record.latency_s - record.ttft_s) / (record.output_tokens - 1)
 
 
-def _traces(receiver: OtlpReceiver, root: str, expected: int) -> list[dict[str, ReceivedSpan]]:
-    """The `expected` complete traces whose root span is named `root`, in the order they started."""
+def _traces(receiver: OtlpReceiver, root: str, expected: int, since_s: float) -> list[dict[str, ReceivedSpan]]:
+    """The `expected` complete traces whose root span is named `root` and started after `since_s` (a late
+    export of the warm-up's spans must not shift the line-up), in the order they started."""
 
     def complete() -> list[dict[str, ReceivedSpan]]:
         by_trace: dict[str, dict[str, ReceivedSpan]] = {}
         for span in list(receiver.spans):
             by_trace.setdefault(span.trace_id, {})[span.name] = span
-        return sorted((t for t in by_trace.values() if root in t and "llm_request" in t),
-                      key=lambda t: t[root].start_ns)  # fmt: skip
+        ours = (t for t in by_trace.values() if root in t and "llm_request" in t and _start(t[root]) >= since_s)
+        return sorted(ours, key=lambda t: t[root].start_ns)
 
     receiver.wait_for(lambda: len(complete()) >= expected, timeout_s=120)
     return complete()
@@ -154,7 +155,8 @@ def _measure(spec: LoadSpec, receiver: OtlpReceiver, root: str | None) -> dict[s
     failed = [r.error for r in records if r.error is not None]
     if failed:
         raise RuntimeError(f"{len(failed)} requests failed, the first: {failed[0]}")
-    traces = _traces(receiver, root or "llm_request", len(records))[: len(records)]
+    since_s = min(r.sent_unix_s for r in records)
+    traces = _traces(receiver, root or "llm_request", len(records), since_s)[: len(records)]
     if root is None:
         hops = [server_hops(r, t["llm_request"]) for r, t in zip(records, traces, strict=True)]
     else:
