@@ -7,6 +7,7 @@ last line `NAME: <metric> ratio=<x> goal<op><y>`, the ratio taken against a base
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
@@ -18,7 +19,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,7 @@ __all__ = [
     "Answer",
     "LoadResult",
     "RequestResult",
+    "RunClock",
     "Sender",
     "cpu_usage",
     "final_line",
@@ -45,6 +47,7 @@ __all__ = [
     "p50_p99",
     "percentile",
     "post_completion",
+    "quick_parser",
     "quiet_logs",
     "run_closed_loop",
     "run_part",
@@ -284,6 +287,30 @@ def run_part(benchmark: str, name: str, run: Callable[[], dict[str, Any]]) -> di
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def quick_parser(doc: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first line and `--quick`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
+
+
+@dataclass(frozen=True)
+class RunClock:
+    """When and on what machine a benchmark run started (taken when it is made); `header()` opens its results."""
+
+    name: str
+    quick: bool
+    started_at: str = field(default_factory=lambda: utc_now())
+    started: float = field(default_factory=time.perf_counter)
+    machine: dict[str, Any] = field(default_factory=machine_info)
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "benchmark": self.name, "mode": "quick" if self.quick else "full", "started_at": self.started_at,
+            "finished_at": utc_now(), "duration_s": time.perf_counter() - self.started, "machine": self.machine,
+        }  # fmt: skip
 
 
 def write_results(name: str, data: Mapping[str, Any], directory: Path = RESULTS_DIR) -> Path:

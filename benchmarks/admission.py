@@ -18,7 +18,6 @@ at most 10 % to a short completion).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import sys
@@ -31,6 +30,7 @@ from benchmarks._admission_gate import POOL, chat_prompts, run_gate
 from benchmarks._admission_overload import overload, sequential
 from benchmarks._common import (
     LoadResult,
+    RunClock,
     Sender,
     cpu_usage,
     final_line,
@@ -39,13 +39,12 @@ from benchmarks._common import (
     goal_met,
     http_client,
     http_sender,
-    machine_info,
     percentile,
+    quick_parser,
     quiet_logs,
     run_closed_loop,
     run_part,
     summarize,
-    utc_now,
     write_results,
 )
 from cluster.config import SurgeConfig, load_config
@@ -287,22 +286,19 @@ def _config_record(plan: Plan, base: SurgeConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, under 3 minutes in total")
+    parser = quick_parser(__doc__, "smaller runs, under 3 minutes in total")
     args = parser.parse_args(argv)
     quiet_logs()
     plan = QUICK if args.quick else FULL
     base = load_config()
-    started_at, started, machine = utc_now(), time.perf_counter(), machine_info()
+    clock = RunClock(NAME, args.quick)
     parts = _run_parts(plan, base)
     levels = parts["apps"].get("levels", {})
     ratio = float(levels.get(f"c{plan.e2e_concurrency}", {}).get("ratio", float("nan")))
     other = [app.get("other_cores_mean", 0.0) for level in levels.values() for app in (level["off"], level["on"])]
     busy = max(other, default=0.0) > _OTHER_CORES_LIMIT
     data = {
-        "benchmark": NAME, "mode": "quick" if args.quick else "full",
-        "started_at": started_at, "finished_at": utc_now(), "duration_s": time.perf_counter() - started,
-        "machine": machine, "config": _config_record(plan, base), "parts": parts,
+        **clock.header(), "config": _config_record(plan, base), "parts": parts,
         "ratio": {"metric": "latency_p50 with admission / without, non-streamed chat at e2e_concurrency",
                   "ratio": ratio, "c1_ratio": levels.get("c1", {}).get("ratio"),
                   "goal": f"<={LATENCY_GOAL}", "met": goal_met(ratio, "<=", LATENCY_GOAL),

@@ -13,7 +13,6 @@ the idle rate would finish in them (goal >= 0.7).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
@@ -30,15 +29,15 @@ import httpx
 
 from benchmarks._common import (
     RequestResult,
+    RunClock,
     final_line,
     goal_met,
     http_client,
-    machine_info,
     p50_p99,
+    quick_parser,
     quiet_logs,
     run_part,
     stream_completion,
-    utc_now,
     write_results,
 )
 from cluster.config import SurgeConfig, load_config
@@ -222,21 +221,18 @@ def _pooled(runs: dict[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="shorter windows, under 3 minutes in total")
+    parser = quick_parser(__doc__, "shorter windows, under 3 minutes in total")
     args = parser.parse_args(argv)
     quiet_logs()
     isolate_serve_ports()
     plan = QUICK if args.quick else FULL
-    started_at, started = utc_now(), time.perf_counter()
-    machine = machine_info()
+    clock = RunClock(NAME, args.quick)
     runs = _measure(plan)
     base, mixed = _pooled(runs, "baseline"), _pooled(runs, "batch")
     ttft_ratio = mixed.get("ttft_p99_s", math.nan) / base.get("ttft_p99_s", math.nan)
     share = mixed.get("gap", {}).get("share", math.nan)
     data = {
-        "benchmark": NAME, "mode": "quick" if args.quick else "full", "started_at": started_at,
-        "finished_at": utc_now(), "duration_s": time.perf_counter() - started, "machine": machine,
+        **clock.header(),
         "config": {"plan": asdict(plan), "runner": load_config().batch.runner.model_dump()},
         "runs": runs, "pooled": {"baseline": base, "with_batch": mixed},
         "ratios": {

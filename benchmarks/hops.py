@@ -26,7 +26,6 @@ server's, at one client, streamed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -36,7 +35,15 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from benchmarks._common import final_line, format_table, goal_met, machine_info, quiet_logs, utc_now, write_results
+from benchmarks._common import (
+    RunClock,
+    final_line,
+    format_table,
+    goal_met,
+    quick_parser,
+    quiet_logs,
+    write_results,
+)
 from benchmarks._loadgen import LoadSpec, RequestRecord, send_load, send_load_raw
 from benchmarks._otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from benchmarks._targets import Target, surge, vllm_server
@@ -246,18 +253,16 @@ def _table(targets: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="30 requests per level (about 3 minutes)")
+    parser = quick_parser(__doc__, "30 requests per level (about 3 minutes)")
     args = parser.parse_args(argv)
     quiet_logs()
     plan = QUICK if args.quick else FULL
-    started_at, started, machine = utc_now(), time.perf_counter(), machine_info()
+    clock = RunClock(NAME, args.quick)
     with otlp_receiver() as receiver:
         targets = _run_all(plan, receiver)
     ratio = serving_path_ratio(targets)
     data = {
-        "benchmark": NAME, "mode": "quick" if args.quick else "full", "started_at": started_at,
-        "finished_at": utc_now(), "duration_s": time.perf_counter() - started, "machine": machine,
+        **clock.header(),
         "config": {"plan": asdict(plan), "tracing": "100 %, OTLP/HTTP to an in-process receiver"},
         "targets": targets,
         "ratio": {"metric": "surge TTFT outside the engine / vLLM server's, stream c=1, p50", "value": ratio,

@@ -11,7 +11,6 @@ Headline: latency p50 on / off at concurrency 8 (goal <= 1.05).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
@@ -20,18 +19,18 @@ from typing import Any
 
 from benchmarks._common import (
     LoadResult,
+    RunClock,
     Sender,
     final_line,
     format_table,
     goal_met,
     http_client,
     http_sender,
-    machine_info,
+    quick_parser,
     quiet_logs,
     run_closed_loop,
     run_part,
     summarize,
-    utc_now,
     write_results,
 )
 from benchmarks._otlp_receiver import otlp_receiver
@@ -131,19 +130,16 @@ def _table(levels: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, under 3 minutes in total")
+    parser = quick_parser(__doc__, "smaller runs, under 3 minutes in total")
     args = parser.parse_args(argv)
     quiet_logs()
     plan = QUICK if args.quick else FULL
-    started_at, started, machine = utc_now(), time.perf_counter(), machine_info()
+    clock = RunClock(NAME, args.quick)
     part = run_part(NAME, "apps", lambda: _run_apps(plan, load_config()))
     levels = part.get("levels", {})
     ratio = float(levels.get("c8", {}).get("ratio", float("nan")))
     data = {
-        "benchmark": NAME, "mode": "quick" if args.quick else "full", "plan": asdict(plan),
-        "started_at": started_at, "finished_at": utc_now(), "duration_s": time.perf_counter() - started,
-        "machine": machine, "parts": {"apps": part},
+        **clock.header(), "plan": asdict(plan), "parts": {"apps": part},
         "ratio": {"metric": "latency_p50 with metrics + tracing (100 %, OTLP/HTTP) + request log / all off, "
                             "streamed chat at concurrency 8",
                   "ratio": ratio, "c1_ratio": levels.get("c1", {}).get("ratio"),

@@ -29,14 +29,14 @@ from typing import Any
 from benchmarks._common import (
     RESULTS_DIR,
     GoalOp,
+    RunClock,
     cpu_usage,
     final_line,
     format_table,
     goal_met,
-    machine_info,
+    quick_parser,
     quiet_logs,
     run_part,
-    utc_now,
     write_results,
 )  # fmt: skip
 from benchmarks._loadgen import LoadSpec, send_load
@@ -227,8 +227,7 @@ def _table(targets: dict[str, Any]) -> str:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="small load, about 3 minutes in total")
+    parser = quick_parser(__doc__, "small load, about 3 minutes in total")
     parser.add_argument("--profile", action="store_true",
                         help="flame graphs of surge's ingress, replica and engine at 16 clients (py-spy)")  # fmt: skip
     return parser.parse_args(argv)
@@ -240,13 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     config = _surge_config()
     pool = config.pools[0]
-    started_at, started, machine = utc_now(), time.perf_counter(), machine_info()
+    clock = RunClock(NAME, args.quick)
     profile_dir = RESULTS_DIR / "profiles" if args.profile else None
     targets = _run_all(plan, config, profile_dir)
     ratios = _ratios(targets)
     data = {
-        "benchmark": NAME, "mode": "quick" if args.quick else "full", "started_at": started_at,
-        "finished_at": utc_now(), "duration_s": time.perf_counter() - started, "machine": machine,
+        **clock.header(),
         "config": {"plan": asdict(plan), "model": pool.model_path(), "engine_args": pool.engine_args,
                    "engine_env": engine_env(pool), "proxy": config.server.proxy, "bench_tier": BENCH_TIER,
                    "admission_enabled": config.admission.enabled, "cache_enabled": config.admission.cache.enabled},

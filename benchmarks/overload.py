@@ -14,7 +14,6 @@ Headline: refusal p99 in ms (goal <= 10 ms at the ingress).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -24,7 +23,15 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks._common import final_line, goal_met, machine_info, percentile, quiet_logs, utc_now, write_results
+from benchmarks._common import (
+    RunClock,
+    final_line,
+    goal_met,
+    percentile,
+    quick_parser,
+    quiet_logs,
+    write_results,
+)
 from cluster.config import SurgeConfig, load_config
 from cluster.serving import free_port, isolate_serve_ports, serving
 from deployments.admission import open_store
@@ -129,12 +136,11 @@ def _config(base: SurgeConfig, dsn: str) -> SurgeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a 5 s overload, a few minutes in total")
+    parser = quick_parser(__doc__, "a 5 s overload, a few minutes in total")
     args = parser.parse_args(argv)
     quiet_logs()
     plan = QUICK if args.quick else FULL
-    started_at, started = utc_now(), time.perf_counter()
+    clock = RunClock(NAME, args.quick)
     isolate_serve_ports()
     with tempfile.TemporaryDirectory(prefix="surge-overload-") as tmp:
         dsn = f"sqlite:///{tmp}/keys.db"
@@ -144,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p99 = result["refusal_ms"]["p99"]
     ratio = float(p99) if p99 is not None else float("nan")
     data = {
-        "benchmark": NAME, "mode": "quick" if args.quick else "full", "started_at": started_at,
-        "finished_at": utc_now(), "duration_s": time.perf_counter() - started, "machine": machine_info(),
+        **clock.header(),
         "plan": plan.__dict__, "result": result,
         "ratio": {"metric": "refusal latency p99 in ms at 20x capacity", "ratio": ratio,
                   "goal": f"<={REFUSAL_P99_GOAL_MS}", "met": goal_met(ratio, "<=", REFUSAL_P99_GOAL_MS)},

@@ -12,7 +12,6 @@ Headline: the prefix run's TTFT p50 over the default run's (goal <= 0.4).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import math
@@ -28,18 +27,18 @@ import httpx
 from benchmarks._common import (
     LoadResult,
     RequestResult,
+    RunClock,
     cpu_usage,
     final_line,
     format_table,
     goal_met,
     http_sender,
-    machine_info,
     percentile,
+    quick_parser,
     quiet_logs,
     run_closed_loop,
     run_part,
     summarize,
-    utc_now,
     write_results,
 )
 from cluster.config import PoolConfig, SurgeConfig, load_config
@@ -326,15 +325,13 @@ def _workload(plan: Plan) -> Workload:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer requests, under 3 minutes in total")
+    parser = quick_parser(__doc__, "fewer requests, under 3 minutes in total")
     args = parser.parse_args(argv)
     quiet_logs()
     isolate_serve_ports()
     plan = QUICK if args.quick else FULL
     build(MODEL)  # a no-op once built
-    started_at, started = utc_now(), time.perf_counter()
-    machine = machine_info()
+    clock = RunClock(NAME, args.quick)
     work = _workload(plan)
     sizing = kv_sizing(work.prefix_tokens, json.loads((MODEL_DIR / "config.json").read_text()), plan.kv_share)
     kv_bytes = sizing["kv_cache_memory_bytes"]
@@ -342,9 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = _ratio(runs, "ttft_p50_s")
     pool = _surge_config(sizing["kv_cache_memory_bytes"], "prefix").pools[0]
     data = {
-        "benchmark": NAME, "mode": "quick" if args.quick else "full",
-        "started_at": started_at, "finished_at": utc_now(), "duration_s": time.perf_counter() - started,
-        "machine": machine,
+        **clock.header(),
         "config": {"plan": asdict(plan), "kv_sizing": sizing, "pool": pool.model_dump(exclude={"request_router"}),
                    "engine_env": engine_env(pool), "proxy": "haproxy", "admission_enabled": False,
                    "system_prompts": work.prompts, "sample_payload": work.load[0]},
