@@ -2,7 +2,7 @@
 config (`SurgeConfig.model_json_schema()`), so `helm lint` rejects a bad value, naming it, as the app would.
 
 `python -m cluster.helm_schema` regenerates helm/surge/values.schema.json (`--check` fails on drift instead);
-tests/unit/test_helm_schema.py runs the check.
+tests/unit/test_helm_values.py runs the check.
 """
 
 from __future__ import annotations
@@ -42,6 +42,21 @@ def _int(minimum: int = 0, maximum: int | None = None) -> dict[str, Any]:
 
 def _string(**extra: Any) -> dict[str, Any]:
     return {"type": "string", **extra}
+
+
+def _named_list(*required: str) -> dict[str, Any]:
+    """A list of Kubernetes objects (EnvVar, Volume, VolumeMount) that must carry `required` strings."""
+    keys = {key: _string(minLength=1) for key in required}
+    return {"type": "array", "items": {"type": "object", "properties": keys, "required": list(required)}}
+
+
+def _serve_options() -> dict[str, Any]:
+    """A `deployments` entry of serveConfigV2 minus its name: the options Ray Serve's own schema declares (Serve
+    ignores an unknown one silently, so a typo would never take effect)."""
+    from ray.serve.schema import DeploymentSchema  # imports Ray: only when the schema is generated
+
+    # Closed, each option open: a typo fails naming the deployment; Serve checks the option's value itself.
+    return _obj({name: {} for name in DeploymentSchema.model_fields if name != "name"})
 
 
 def _monitor() -> dict[str, Any]:
@@ -99,9 +114,10 @@ def _pod_properties() -> dict[str, Any]:
         "podAnnotations": _OBJECT,
         "podSecurityContext": _OBJECT,
         "containerSecurityContext": _OBJECT,
-        "extraEnv": _LIST,
-        "extraVolumes": _LIST,
-        "extraVolumeMounts": _LIST,
+        # Kubernetes objects, open to every field of theirs, but named: the chart merges them by name.
+        "extraEnv": _named_list("name"),
+        "extraVolumes": _named_list("name"),
+        "extraVolumeMounts": _named_list("name", "mountPath"),
         "shmSize": _K8S_QUANTITY,
     }
 
@@ -134,7 +150,7 @@ def _cluster_properties() -> dict[str, Any]:
         # NewClusterWithIncrementalUpgrade needs Gateway API options the chart does not render.
         "upgradeStrategy": _obj({"type": {"enum": ["NewCluster", "None"]}}),
         "rayClusterDeletionDelaySeconds": _int(0),
-        "deploymentOverrides": {"type": "object", "additionalProperties": _OBJECT},
+        "deploymentOverrides": {"type": "object", "additionalProperties": _serve_options()},
     }
 
 

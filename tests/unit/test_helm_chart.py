@@ -4,6 +4,7 @@ RayService's serveConfigV2 is the surge config the app builds from."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -120,28 +121,76 @@ def test_serve_config_names_exactly_the_deployments_the_app_builds(variant: str)
     assert {d["name"] for d in application["deployments"]} == built
 
 
-def test_deployment_overrides_reach_serve_config() -> None:
-    from tests.helm_render import objects, render
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_serve_config_declares_only_what_ray_serve_knows(variant: str) -> None:
+    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
 
-    overrides = {"deploymentOverrides": {"ingress": {"health_check_timeout_s": 60, "name": "renamed"}}}
-    (service,) = _find(objects(render(overrides)), "RayService")
-    deployments = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["deployments"]
-    assert {"name": "ingress", "health_check_timeout_s": 60} in deployments
+    serve = _serve_config(variant)
+    ServeDeploySchema.model_validate(serve)  # what the dashboard's PUT /api/serve/applications/ parses
+    # Serve's schema ignores unknown keys: an option it does not declare would silently never take effect.
+    assert set(serve) <= set(ServeDeploySchema.model_fields)
+    for application in serve["applications"]:
+        assert set(application) <= set(ServeApplicationSchema.model_fields)
+        for deployment in application["deployments"]:
+            assert set(deployment) <= set(DeploymentSchema.model_fields), deployment["name"]
+
+
+def test_deployment_overrides_reach_serve_config() -> None:
+    (application,) = _serve_config("multi-pool-tp4")["applications"]
+    deployments = {d["name"]: d for d in application["deployments"]}
+    big = {"name": "pool-big", "health_check_timeout_s": 120, "graceful_shutdown_timeout_s": 600}
+    assert deployments["pool-big"] == big
+    assert deployments["pool-small"] == {"name": "pool-small"}
+
+
+def test_every_template_renders_in_some_variant() -> None:
+    from tests.helm_render import render
+
+    # Every template's objects go through the validations above in at least one CI variant.
+    rendered: set[str] = set()
+    for variant in VARIANTS:
+        manifests = render(variant_values(variant))
+        for path, text in manifests.items():
+            if path.endswith(".yaml") and any(yaml.safe_load_all(text)):
+                rendered.add(Path(path).name)
+    from_files = {"prometheusrule.yaml": "surge-rules.yaml", "grafana-dashboard.yaml": "surge-dashboard.json"}
+    templates = {
+        p.name for p in (CHART_DIR / "templates").glob("*.yaml")
+        if p.name not in from_files or (CHART_DIR / "files" / from_files[p.name]).is_file()
+    }  # fmt: skip
+    assert len(templates) >= 10
+    assert templates - rendered == set()
+
+
+def test_extra_env_replaces_the_charts_entry_of_that_name() -> None:
+    # `env` is a list-map in the CRD: a name listed twice would be refused by the API server.
+    for container in _containers(_rayservice("multi-pool-tp4")):
+        names = [e["name"] for e in container["env"]]
+        assert len(names) == len(set(names)), container["name"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "45"
+        assert env["NCCL_DEBUG"] == "WARN"
+        assert ("SURGE_CONFIG" in env) == (container["name"] == "ray-head")
+
+
+def _exposes_admin(variant: str) -> bool:
+    return bool(variant_values(variant).get("haproxy", {}).get("exposeAdmin"))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_ray_container_gets_the_front_door_mode_the_config_asks_for(variant: str) -> None:
     service = _rayservice(variant)
     proxy = config_from_mapping(_serve_config(variant)["applications"][0]["args"]["config"]).server.proxy
+    exposed = _exposes_admin(variant) and proxy == "haproxy"
     for container in _containers(service):
         env = {e["name"]: e.get("value") for e in container["env"]}
         haproxy = env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
         assert haproxy == (proxy == "haproxy"), container["name"]
         if haproxy:
-            assert env["SURGE_HAPROXY_ADMIN_HOST"] == "127.0.0.1"
+            assert env["SURGE_HAPROXY_ADMIN_HOST"] == ("0.0.0.0" if exposed else "127.0.0.1")
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports["metrics"] == 8080
-        assert not {"haproxy-stats", "haproxy-metrics"} & set(ports)
+        assert bool({"haproxy-stats", "haproxy-metrics"} & set(ports)) == exposed
 
 
 def test_haproxy_admin_listeners_are_exposed_only_when_asked() -> None:
@@ -152,6 +201,11 @@ def test_haproxy_admin_listeners_are_exposed_only_when_asked() -> None:
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["SURGE_HAPROXY_ADMIN_HOST"] == "0.0.0.0"
         assert {"haproxy-stats", "haproxy-metrics"} <= {p["name"] for p in container["ports"]}
+    (monitor,) = _find(render_variant("multi-pool-tp4"), "PodMonitor")
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics", "haproxy-metrics"]
+    # Without HAProxy (Serve's standard proxy) there is nothing to expose.
+    (standard,) = _find(render_variant("monitoring-off"), "RayService")
+    assert all("haproxy-metrics" not in {p["name"] for p in c["ports"]} for c in _containers(standard))
 
 
 def test_metrics_port_is_the_configs_export_port() -> None:

@@ -1,5 +1,6 @@
 """The chart's values: a schema generated from the pydantic config (no drift), bad values rejected with the
-field named, every value documented, helpers prefixed, monitoring objects built from files/ when present."""
+field named (the `surge:` block's as the app rejects them), every value documented, helpers prefixed,
+monitoring objects built from files/ when present."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from cluster.config import SurgeConfig
+from cluster.config import ConfigError, SurgeConfig
 from cluster.config.mapping import config_from_mapping
 from cluster.helm_schema import SCHEMA_PATH, chart_schema, main, render_schema
 from tests.crd_schema import CRDS_DIR, crd_schemas, strict_errors
@@ -114,6 +115,60 @@ def test_postgres_without_a_secret_fails_with_a_clear_message() -> None:
 def test_several_ingress_replicas_need_a_shared_key_store() -> None:
     message = _rejection({"surge": {"ingress": {"num_replicas": 2}, "pools": [POOL]}})
     assert "more than one ingress replica needs postgres.enabled" in message
+
+
+# Bad `surge:` blocks, each with the field both the chart's schema and the app's config parser must name.
+APP_ALIKE = [
+    ({"pools": [{**POOL, "num_replicas": -1}]}, "pools/0/num_replicas"),
+    ({"pools": [{**POOL, "tensor_parallel_size": 0}]}, "pools/0/tensor_parallel_size"),
+    ({"pools": [{**POOL, "modle": "/m"}]}, "pools/0"),
+    ({"pools": [POOL], "admission": {"tiers": {"free": {**TIER, "rpd": 5}}}}, "admission/tiers/free"),
+    ({"pools": [POOL], "server": {"proxy": "nginx"}}, "server/proxy"),
+    ({"pools": [POOL], "server": {"port": "eighty"}}, "server/port"),
+]
+
+
+@pytest.mark.parametrize(("surge", "field"), APP_ALIKE, ids=[field for _, field in APP_ALIKE])
+def test_a_bad_surge_value_is_rejected_by_the_chart_as_by_the_app(surge: dict[str, Any], field: str) -> None:
+    assert f"at '/surge/{field}'" in _rejection({"surge": surge})
+    assert any(f"/surge/{field}'" in problem for problem in lint_problems({"surge": surge}))
+    with pytest.raises(ConfigError) as failure:
+        config_from_mapping(surge, "surge")
+    assert field.replace("/", ".") in str(failure.value)
+
+
+def test_an_unknown_serve_option_in_deployment_overrides_is_rejected_naming_it() -> None:
+    message = _rejection({"deploymentOverrides": {"ingress": {"health_check_timeout": 60}}})
+    assert "at '/deploymentOverrides/ingress': additional properties 'health_check_timeout' not allowed" in message
+    assert "additional properties 'name' not allowed" in _rejection({"deploymentOverrides": {"ingress": {"name": "x"}}})
+
+
+def test_overrides_of_a_deployment_the_app_does_not_build_are_rejected() -> None:
+    message = _rejection({"deploymentOverrides": {"pool-mian": {"num_replicas": 2}}})
+    assert "deploymentOverrides.pool-mian: the app builds no such deployment" in message
+    assert "pool-main" in message
+
+
+def test_listeners_sharing_a_port_are_rejected() -> None:
+    message = _rejection({"haproxy": {"metricsPort": 8080}})
+    assert "port 8080 is both surge.observability.metrics.export_port and haproxy.metricsPort" in message
+    message = _rejection({"surge": {"server": {"port": 8265}, "pools": [POOL]}})
+    assert "port 8265 is both Ray's dashboard and surge.server.port" in message
+
+
+def test_extra_volumes_may_not_take_the_charts_own_names_or_paths() -> None:
+    assert 'extraVolumes: "dshm" is a volume of the chart\'s own' in _rejection(
+        {"extraVolumes": [{"name": "dshm", "emptyDir": {}}]}
+    )
+    assert "extraVolumeMounts: /etc/surge is a mount path of the chart's own" in _rejection(
+        {"extraVolumeMounts": [{"name": "models", "mountPath": "/etc/surge"}]}
+    )
+
+
+def test_extra_env_needs_a_name_once() -> None:
+    twice = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HF_HUB_OFFLINE", "value": "0"}]
+    assert "extraEnv: HF_HUB_OFFLINE is listed twice" in _rejection({"extraEnv": twice})
+    assert "at '/extraEnv/0': missing property 'name'" in _rejection({"extraEnv": [{"value": "1"}]})
 
 
 def _undocumented(text: str) -> list[str]:

@@ -89,8 +89,13 @@ app.kubernetes.io/part-of: surge
 {{- end }}
 {{- end }}
 
-{{/* The environment of every Ray container: Serve's front door, the key store's DSN, the operator's extras. */}}
-{{- define "surge.env" -}}
+{{/* "true" when HAProxy runs (throughput mode) and its stats and metrics listeners are to be reachable beyond the pod. */}}
+{{- define "surge.exposeAdmin" -}}
+{{- if and .Values.haproxy.exposeAdmin (eq (dig "server" "proxy" "haproxy" .Values.surge) "haproxy") }}true{{ end }}
+{{- end }}
+
+{{/* The chart's own environment of every Ray container: Serve's front door, the key store's DSN. */}}
+{{- define "surge.chartEnv" -}}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 {{- include "surge.haproxyEnv" . }}
@@ -101,9 +106,30 @@ app.kubernetes.io/part-of: surge
       name: {{ required "postgres.existingSecret must name the Secret holding the PostgreSQL DSN" .Values.postgres.existingSecret }}
       key: {{ .Values.postgres.secretKey }}
 {{- end }}
-{{- with .Values.extraEnv }}
-{{ toYaml . }}
 {{- end }}
+
+{{/* A Ray container's environment (`.root`, `.head`): the chart's own, then `extraEnv`, whose entries replace
+     the chart's of the same name. `env` is a list-map in the CRD: the API server rejects a name listed twice. */}}
+{{- define "surge.env" -}}
+{{- $own := include "surge.chartEnv" .root | fromYamlArray }}
+{{- if .head }}
+{{- $own = append $own (dict "name" "SURGE_CONFIG" "value" "/etc/surge/surge.yaml") }}
+{{- end }}
+{{- $extra := .root.Values.extraEnv | default list }}
+{{- $replaced := dict }}
+{{- range $extra }}
+{{- if hasKey $replaced .name }}
+{{- fail (printf "extraEnv: %s is listed twice" .name) }}
+{{- end }}
+{{- $_ := set $replaced .name true }}
+{{- end }}
+{{- $env := list }}
+{{- range $own }}
+{{- if not (hasKey $replaced .name) }}
+{{- $env = append $env . }}
+{{- end }}
+{{- end }}
+{{- toYaml (concat $env $extra) }}
 {{- end }}
 
 {{- define "surge.volumes" -}}
@@ -133,7 +159,7 @@ app.kubernetes.io/part-of: surge
 - name: metrics
   containerPort: {{ include "surge.metricsPort" . }}
   protocol: TCP
-{{- if .Values.haproxy.exposeAdmin }}
+{{- if include "surge.exposeAdmin" . }}
 - name: haproxy-stats
   containerPort: {{ .Values.haproxy.statsPort }}
   protocol: TCP
@@ -185,11 +211,42 @@ volumes:
 {{- end }}
 {{- end }}
 {{- end }}
+{{- include "surge.validatePods" . }}
 {{- $ingress := dig "ingress" "num_replicas" 1 .Values.surge | int }}
 {{- $admission := dig "admission" "enabled" true .Values.surge }}
 {{- $shared := or .Values.postgres.enabled (hasPrefix "postgres" (dig "admission" "key_store_dsn" "" .Values.surge)) }}
 {{- if and $admission (gt $ingress 1) (not $shared) }}
 {{- fail (printf "surge.ingress.num_replicas is %d: more than one ingress replica needs postgres.enabled (each would keep its own SQLite limits)" $ingress) }}
+{{- end }}
+{{- end }}
+
+{{/* Every listener of a Ray pod needs its own port (HAProxy's admin listeners too: loopback still collides with
+     a wildcard bind), and the extra volumes must not take the chart's own names or mount paths. */}}
+{{- define "surge.validatePods" -}}
+{{- $listeners := list (list "Ray's GCS" 6379) (list "Ray's dashboard" 8265) (list "Ray's client server" 10001) }}
+{{- $listeners = append $listeners (list "surge.server.port" (include "surge.servePort" . | int)) }}
+{{- $listeners = append $listeners (list "surge.observability.metrics.export_port" (include "surge.metricsPort" . | int)) }}
+{{- if include "surge.haproxyEnv" . }}
+{{- $listeners = append $listeners (list "haproxy.statsPort" (int .Values.haproxy.statsPort)) }}
+{{- $listeners = append $listeners (list "haproxy.metricsPort" (int .Values.haproxy.metricsPort)) }}
+{{- end }}
+{{- $taken := dict }}
+{{- range $listeners }}
+{{- $port := index . 1 | toString }}
+{{- if hasKey $taken $port }}
+{{- fail (printf "port %s is both %s and %s: every listener of a Ray pod needs its own port" $port (get $taken $port) (index . 0)) }}
+{{- end }}
+{{- $_ := set $taken $port (index . 0) }}
+{{- end }}
+{{- range .Values.extraVolumes }}
+{{- if has .name (list "dshm" "ray-logs" "surge-config") }}
+{{- fail (printf "extraVolumes: %q is a volume of the chart's own; pick another name" .name) }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraVolumeMounts }}
+{{- if has .mountPath (list "/dev/shm" "/tmp/ray" "/etc/surge") }}
+{{- fail (printf "extraVolumeMounts: %s is a mount path of the chart's own (shm, Ray's logs, the surge config)" .mountPath) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -229,6 +286,11 @@ applications:
       {{- end }}
       {{- range .Values.surge.pools }}
       {{- $names = append $names (printf "pool-%s" .name) }}
+      {{- end }}
+      {{- range $name, $_ := .Values.deploymentOverrides }}
+      {{- if not (has $name $names) }}
+      {{- fail (printf "deploymentOverrides.%s: the app builds no such deployment (it builds %s)" $name (join ", " $names)) }}
+      {{- end }}
       {{- end }}
       {{- range $names }}
       - {{ merge (dict "name" .) (get $.Values.deploymentOverrides . | default dict) | toYaml | nindent 8 | trim }}
