@@ -144,7 +144,8 @@ class Ingress:
 
     @app.post("/v1/batch/chat/completions")
     async def batch_chat_completions(self, body: BatchChatRequest, request: Request) -> dict[str, Any]:
-        """Every item answered in order, each admitted and counted on its own."""
+        """surge's own synchronous extension (not OpenAI's) for small interactive groups: every item answered in
+        order, each admitted and counted on its own. Large jobs belong on OpenAI's `/v1/files` + `/v1/batches`."""
         tenant = await self._gate.authenticate(request.headers.get("authorization"))
         if len(body.requests) > self._max_batch_items:
             raise BadRequest(f"at most {self._max_batch_items} requests per batch", param="requests")

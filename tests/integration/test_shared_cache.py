@@ -8,10 +8,14 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from cluster.config import AdmissionConfig, CacheConfig
-from deployments.admission.gate import AdmissionGate
+from cluster.config import AdmissionConfig, CacheConfig, RouteConfig, load_config
+from deployments.admission.gate import ANONYMOUS, AdmissionGate
 from deployments.admission.shared_cache import RedisCache
-from deployments.engines.base import GenerationChunk
+from deployments.dispatch import Dispatched
+from deployments.engines.base import GenerationChunk, GenerationRequest
+from deployments.pipeline import RequestPipeline, Work
+from deployments.protocol import ChatCompletionRequest
+from deployments.routing.table import RoutingDecision
 from tests.redis_server import redis_server
 
 CHUNK = GenerationChunk("hello", prompt_tokens=3, completion_tokens=1, finish_reason="stop")
@@ -87,3 +91,65 @@ async def test_redis_down_means_misses_not_errors() -> None:
     assert await gate.responses.get("k") is None
     assert gate.responses.l2 is not None and gate.responses.l2.errors >= 1
     await gate.close()
+
+
+class _Routes:
+    """The traffic router's client as the pipeline uses it: one route, an idle pool."""
+
+    def __init__(self, route: RouteConfig) -> None:
+        self._route = route
+
+    def route(self, model: str) -> RouteConfig | None:
+        return self._route if model == self._route.model else None
+
+    def queue_depth(self, pool: str) -> int:
+        return 0
+
+    def capacity(self, pool: str) -> None:
+        return None
+
+    def hold(self, pool: str) -> None: ...
+
+    def release(self, pool: str) -> None: ...
+
+    def note_shed(self, pool: str) -> None: ...
+
+
+class _Engine:
+    """A dispatcher whose pool answers every request with its own replica name; counts what reaches it."""
+
+    def __init__(self, replica: str) -> None:
+        self.replica = replica
+        self.calls = 0
+
+    async def complete(self, route: RouteConfig, request: GenerationRequest) -> Dispatched:
+        self.calls += 1
+        chunk = GenerationChunk(f"answered by {self.replica}", prompt_tokens=3, completion_tokens=4,
+                                finish_reason="stop", replica_id=self.replica)  # fmt: skip
+        return Dispatched(RoutingDecision(route.primary, False, "test"), chunk)
+
+
+def _ingress(redis_url: str, replica: str) -> tuple[RequestPipeline, _Engine, AdmissionGate]:
+    """One ingress replica's request path: its own gate (L1) over the shared Redis, its own engine."""
+    config = load_config()
+    cache = config.admission.cache.model_copy(update={"redis_url": redis_url, "redis_prefix": "t7:"})
+    gate = AdmissionGate(config.admission.model_copy(update={"enabled": False, "cache": cache}))
+    engine = _Engine(replica)
+    route = config.route_table()[config.pools[0].model_id]
+    return RequestPipeline(gate, _Routes(route), engine), engine, gate  # type: ignore[arg-type]
+
+
+async def test_an_ingress_replica_answers_from_redis_what_another_replica_answered(redis_url: str) -> None:
+    (a, engine_a, gate_a), (b, engine_b, gate_b) = _ingress(redis_url, "A"), _ingress(redis_url, "B")
+    messages = [{"role": "user", "content": "shared question"}]
+    chat = ChatCompletionRequest.model_validate({"model": load_config().pools[0].model_id, "temperature": 0,
+                                                 "messages": messages})  # fmt: skip
+    first, first_headers = await a.complete_json(ANONYMOUS, Work(chat, chat.prompt(), "chat"))
+    await gate_a.responses.flush()
+    second, second_headers = await b.complete_json(ANONYMOUS, Work(chat, chat.prompt(), "chat"))
+    assert (engine_a.calls, engine_b.calls) == (1, 0)
+    assert (first_headers["X-Cache"], second_headers["X-Cache"]) == ("miss", "hit")
+    assert second["choices"][0]["message"]["content"] == "answered by A" == first["choices"][0]["message"]["content"]
+    assert gate_b.responses.l2_hits == 1
+    await gate_a.close()
+    await gate_b.close()

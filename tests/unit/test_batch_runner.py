@@ -220,10 +220,12 @@ async def test_a_batch_past_its_window_expires_with_unfinished_lines_as_errors(t
     runner = await _runner(config, FakePool(0.05))
     batch = await _reaches(api, tenant, batch_id, "expired")
     await runner.shutdown()
-    lines = await _all_lines(api, tenant, batch)
-    assert len(lines) == 50
-    expired = [line for line in lines if line["error"] and line["error"]["code"] == "batch_expired"]
-    assert expired and batch["request_counts"]["total"] == 50
+    output = await _lines(api, tenant, batch["output_file_id"])
+    errors = await _lines(api, tenant, batch["error_file_id"])
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(f"req-{i}" for i in range(50))
+    assert all(line["response"]["status_code"] == 200 for line in output)
+    assert errors and all(line["error"]["code"] == "batch_expired" and line["response"] is None for line in errors)
+    assert batch["request_counts"] == {"total": 50, "completed": len(output), "failed": len(errors)}
 
 
 async def test_the_batch_yields_to_interactive_work_and_resumes_after(tmp_path: Path, api: BatchApi) -> None:
