@@ -262,6 +262,16 @@ def test_postgres_dsn_comes_from_the_secret_never_the_values() -> None:
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "surge-serve"
 
 
+def test_network_policy_lets_the_operator_probe_serve_when_serving_is_restricted() -> None:
+    (policy,) = _find(render_variant("postgres"), "NetworkPolicy")
+    rules = policy["spec"]["ingress"]
+    (operator,) = [r for r in rules if r.get("from") and {"port": 8265, "protocol": "TCP"} in r.get("ports", [])]
+    assert {"port": 8000, "protocol": "TCP"} in operator["ports"]
+    assert operator["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+    (serving,) = [r for r in rules if r.get("ports") == [{"port": 8000, "protocol": "TCP"}]]
+    assert serving["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+
+
 def test_rules_and_dashboard_follow_the_files_in_the_chart() -> None:
     objs = render_variant("default")
     has_rules = (CHART_DIR / "files" / "surge-rules.yaml").is_file()

@@ -250,3 +250,13 @@ def test_rules_file_without_groups_fails_clearly(tmp_path: Path) -> None:
     chart = chart_copy(tmp_path, {"surge-rules.yaml": "rules: []\n"})
     with pytest.raises(helm.HelmRenderError, match="top-level `groups:` list"):
         render({}, chart)
+
+
+def test_app_version_is_the_project_release_and_the_image_tags_carry_it() -> None:
+    chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
+    project = re.search(r'^version = "([^"]+)"', (CHART_DIR.parents[1] / "pyproject.toml").read_text(), re.M)
+    assert project and chart["appVersion"] == project.group(1)
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    cpu = yaml.safe_load((CHART_DIR / "ci" / "minimal-cpu-values.yaml").read_text())
+    for tag in (values["image"]["tag"], cpu["image"]["tag"]):
+        assert tag.startswith(f"{chart['appVersion']}-"), tag
