@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Any
 
@@ -43,7 +44,15 @@ def pool_deployment_name(pool: PoolConfig) -> str:
 
 @cache
 def _platform() -> Platform:
-    return detect_platform()
+    # Serve builds the app in a task on the head node, which on Kubernetes has no GPU (vLLM's CUDA build finds no
+    # platform there): the Helm chart names the workers' platform in SURGE_PLATFORM. Unset: this process's own.
+    named = os.environ.get("SURGE_PLATFORM")
+    if named is None:
+        return detect_platform()
+    platforms: dict[str, Platform] = {"cpu": "cpu", "cuda": "cuda"}
+    if named not in platforms:
+        raise ValueError(f"SURGE_PLATFORM={named!r}: expected one of {sorted(platforms)}")
+    return platforms[named]
 
 
 def pool_options(pool: PoolConfig, platform: Platform) -> tuple[dict[str, Any], PoolConfig]:

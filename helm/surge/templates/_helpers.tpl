@@ -89,6 +89,17 @@ app.kubernetes.io/part-of: surge
 {{- end }}
 {{- end }}
 
+{{/* The engines' platform, for the app build: Serve runs it in a task on the head, which has no GPU to detect. */}}
+{{- define "surge.platform" -}}
+{{- $gpus := 0 }}
+{{- range .Values.workerGroups }}
+{{- if .enabled }}
+{{- $gpus = add $gpus (int .gpusPerNode) }}
+{{- end }}
+{{- end }}
+{{- ternary "cuda" "cpu" (gt $gpus 0) }}
+{{- end }}
+
 {{/* "true" when HAProxy runs (throughput mode) and its stats and metrics listeners are to be reachable beyond the pod. */}}
 {{- define "surge.exposeAdmin" -}}
 {{- if and .Values.haproxy.exposeAdmin (eq (dig "server" "proxy" "haproxy" .Values.surge) "haproxy") }}true{{ end }}
@@ -98,6 +109,8 @@ app.kubernetes.io/part-of: surge
 {{- define "surge.chartEnv" -}}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
+- name: SURGE_PLATFORM
+  value: {{ include "surge.platform" . }}
 {{- include "surge.haproxyEnv" . }}
 {{- if .Values.postgres.enabled }}
 - name: SURGE_ADMISSION__KEY_STORE_DSN
