@@ -197,7 +197,8 @@ def _monitoring_properties() -> dict[str, Any]:
                 "enabled": {"type": "boolean"},
                 "podMonitor": _monitor(),
                 "serviceMonitor": _monitor(),
-                "prometheusRule": _obj({"enabled": {"type": "boolean"}, "labels": _OBJECT}),
+                "prometheusRule": _obj({"enabled": {"type": "boolean"}, "labels": _OBJECT,
+                                        "gpuUtilizationSource": {"enum": ["auto", "ray", "dcgm"]}}),
                 "grafanaDashboard": _obj({"enabled": {"type": "boolean"}, "labels": _OBJECT}),
             }
         ),
