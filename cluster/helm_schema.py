@@ -142,6 +142,7 @@ def _cluster_properties() -> dict[str, Any]:
         "autoscaling": _obj(
             {
                 "enabled": {"type": "boolean"},
+                "version": {"enum": ["v1", "v2"]},
                 "upscalingMode": {"enum": ["Conservative", "Default", "Aggressive"]},
                 "idleTimeoutSeconds": _int(0),
                 "resources": _resources(),

@@ -260,3 +260,11 @@ def test_app_version_is_the_project_release_and_the_image_tags_carry_it() -> Non
     cpu = yaml.safe_load((CHART_DIR / "ci" / "minimal-cpu-values.yaml").read_text())
     for tag in (values["image"]["tag"], cpu["image"]["tag"]):
         assert tag.startswith(f"{chart['appVersion']}-"), tag
+
+
+def test_a_pool_no_gpu_group_hosts_is_rejected() -> None:
+    values = {
+        "workerGroups": {"gpu": {"gpusPerNode": 1, "pools": ["main"]}},
+        "surge": {"pools": [POOL, {"name": "orphan", "model": "/m"}]},
+    }
+    assert '"orphan" is in no enabled GPU worker group\'s pools' in _rejection(values)

@@ -224,6 +224,13 @@ volumes:
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if gt $gpuGroups 0 }}
+{{- range .Values.surge.pools }}
+{{- if not (include "surge.poolGroups" (dict "root" $ "pool" .) | fromJsonArray) }}
+{{- fail (printf "surge.pools: %q is in no enabled GPU worker group's pools, so it has nowhere to run" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- include "surge.validatePods" . }}
 {{- $ingress := dig "ingress" "num_replicas" 1 .Values.surge | int }}
 {{- $admission := dig "admission" "enabled" true .Values.surge }}
@@ -293,19 +300,73 @@ applications:
       config:
         {{- toYaml .Values.surge | nindent 8 }}
     deployments:
-      {{- $names := list "ingress" "traffic-router" }}
+      {{- $entries := list (dict "name" "ingress") (dict "name" "traffic-router") }}
       {{- if dig "batch" "enabled" true .Values.surge }}
-      {{- $names = append $names "batch-runner" }}
+      {{- $entries = append $entries (dict "name" "batch-runner") }}
       {{- end }}
       {{- range .Values.surge.pools }}
-      {{- $names = append $names (printf "pool-%s" .name) }}
+      {{- $entries = append $entries (include "surge.poolPlacement" (dict "root" $ "pool" .) | fromYaml) }}
+      {{- end }}
+      {{- $names := list }}
+      {{- range $entries }}
+      {{- $names = append $names .name }}
       {{- end }}
       {{- range $name, $_ := .Values.deploymentOverrides }}
       {{- if not (has $name $names) }}
       {{- fail (printf "deploymentOverrides.%s: the app builds no such deployment (it builds %s)" $name (join ", " $names)) }}
       {{- end }}
       {{- end }}
-      {{- range $names }}
-      - {{ merge (dict "name" .) (get $.Values.deploymentOverrides . | default dict) | toYaml | nindent 8 | trim }}
+      {{- range $entries }}
+      - {{ merge (deepCopy (get $.Values.deploymentOverrides .name | default dict)) . | toYaml | nindent 8 | trim }}
       {{- end }}
+{{- end }}
+
+{{/* The enabled GPU worker groups hosting a pool (`.root`, `.pool`), as a JSON list: those whose `pools` name it
+     or are empty; every one without `.pool`. */}}
+{{- define "surge.poolGroups" -}}
+{{- $hosting := list }}
+{{- range $group, $spec := .root.Values.workerGroups }}
+{{- if and $spec.enabled (gt (int $spec.gpusPerNode) 0) (or (not $.pool) (not $spec.pools) (has $.pool.name $spec.pools)) }}
+{{- $hosting = append $hosting $group }}
+{{- end }}
+{{- end }}
+{{- toJson $hosting }}
+{{- end }}
+
+{{/* A pool's `deployments` entry (`.root`, `.pool`): when only some GPU groups host it, its placement group's
+     bundles select those groups' Ray node label, so a small pool cannot take GPUs of a node sized for a big
+     one. Ray's autoscaler honours label selectors in v2 only: with v1, `pools` is a check, not a placement.
+     Serve refuses a selector without its bundles, so they are restated (surge.poolBundles). */}}
+{{- define "surge.poolPlacement" -}}
+{{- $entry := dict "name" (printf "pool-%s" .pool.name) }}
+{{- $hosting := include "surge.poolGroups" . | fromJsonArray }}
+{{- $gpuGroups := include "surge.poolGroups" (dict "root" .root) | fromJsonArray }}
+{{- $pinnable := or (not .root.Values.autoscaling.enabled) (eq .root.Values.autoscaling.version "v2") }}
+{{- if and $pinnable $hosting (lt (len $hosting) (len $gpuGroups)) }}
+{{- $value := (len $hosting | eq 1) | ternary (first $hosting) (printf "in(%s)" (join "," $hosting)) }}
+{{- $_ := set $entry "placement_group_bundle_label_selector" (list (dict "surge.dev/worker-group" $value)) }}
+{{- $_ = merge $entry (include "surge.poolBundles" .pool | fromJson) }}
+{{- end }}
+{{- toYaml $entry }}
+{{- end }}
+
+{{/* A pool's placement group on GPUs exactly as cluster/placement.py plans it for cuda: one GPU bundle per
+     engine rank, the replica actor's CPUs in bundle 0, ranks packed on one node unless pipeline-parallel
+     (tests/unit/test_helm_chart.py compares the two). */}}
+{{- define "surge.poolBundles" -}}
+{{- $pp := dig "pipeline_parallel_size" 1 . | int }}
+{{- $world := mul (dig "tensor_parallel_size" 1 . | int) $pp }}
+{{- $perRank := dig "cpus_per_worker" 1.0 . | float64 }}
+{{- $replica := dig "num_cpus" 1.0 . | float64 }}
+{{- $bundles := list }}
+{{- range $rank := until (int $world) }}
+{{- $cpus := ternary (addf $perRank $replica) $perRank (eq $rank 0) }}
+{{- $bundle := dict "GPU" 1 }}
+{{- if gt $cpus 0.0 }}
+{{- $_ := set $bundle "CPU" $cpus }}
+{{- end }}
+{{- $bundles = append $bundles $bundle }}
+{{- end }}
+{{- $strategy := ternary "STRICT_PACK" "PACK" (eq $pp 1) }}
+{{- toJson (dict "placement_group_bundles" $bundles "placement_group_strategy" $strategy) }}
 {{- end }}
