@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 import uuid
@@ -19,11 +20,12 @@ from pathlib import Path
 
 from autoscaling.profiles import PROFILE_DIR, EngineProfile
 from cluster.config import PoolConfig, load_config
+from cluster.env import engine_env
 from deployments.engines.base import Engine, SamplingSpec, TextPrompt
 
 __all__ = ["main", "measure"]
 
-_BATCHES = (1, 2, 4, 8, 16)
+_BATCHES = (1, 4, 16, 32, 64, 128)
 _DECODE_TOKENS = 48
 
 
@@ -45,14 +47,22 @@ async def _decode_step_s(engine: Engine, batch: int) -> float:
     return decode_s / (_DECODE_TOKENS - 1)
 
 
+def _unique(engine: Engine, text: str, limit: int) -> list[int]:
+    # A unique head: a repeated prompt would be answered from vLLM's prefix cache, not prefilled.
+    tokens = engine.tokenize(TextPrompt(f"{uuid.uuid4().hex} {text}"))
+    return (tokens * (1 + limit // max(1, len(tokens))))[:limit]
+
+
 async def _prefill(engine: Engine, limit: int) -> tuple[float, float]:
-    """(seconds per prompt token, base seconds) from TTFTs of a short and a long prompt."""
-    short = engine.tokenize(TextPrompt("hi"))
-    long = (engine.tokenize(TextPrompt("surge profiles prefill " * 400)) * 4)[: max(16, limit - 8)]
-    ttft_short = statistics.median([(await _stream_s(engine, short, 1))[0] for _ in range(3)])
-    ttft_long = statistics.median([(await _stream_s(engine, long, 1))[0] for _ in range(3)])
-    per_token = max(0.0, (ttft_long - ttft_short) / (len(long) - len(short)))
-    return per_token, max(0.0, ttft_short - per_token * len(short))
+    """(seconds per prompt token, base seconds) from TTFTs of short and long prompts, each prefilled anew."""
+    long_tokens = max(16, limit - 8)
+    shorts = [_unique(engine, "hi", 16) for _ in range(3)]
+    longs = [_unique(engine, "surge profiles prefill " * 400, long_tokens) for _ in range(3)]
+    ttft_short = statistics.median([(await _stream_s(engine, t, 1))[0] for t in shorts])
+    ttft_long = statistics.median([(await _stream_s(engine, t, 1))[0] for t in longs])
+    short_len = statistics.mean(len(t) for t in shorts)
+    per_token = max(0.0, (ttft_long - ttft_short) / (long_tokens - short_len))
+    return per_token, max(0.0, ttft_short - per_token * short_len)
 
 
 async def measure(pool: PoolConfig) -> EngineProfile:
@@ -71,7 +81,8 @@ async def measure(pool: PoolConfig) -> EngineProfile:
     return EngineProfile(
         name="local-vllm-cpu", decode_step_s=steps, prefill_s_per_token=per_token, prefill_base_s=base,
         max_num_seqs=max_num_seqs, max_ongoing_requests=pool.max_ongoing_requests, cold_start_s=cold_start_s,
-        gpus_per_replica=1.0, source=f"measured by `python -m autoscaling.profile` on this machine ({pool.model})",
+        gpus_per_replica=1.0, shared_host=True,
+        source=f"measured by `python -m autoscaling.profile` on this machine ({pool.model})",
         notes={"cold_start_s": "engine construction + warm-up request; excludes Ray actor start-up",
                "gpus_per_replica": "a CPU replica counts as one unit, so gpu_hours reads as replica-hours"},
     )  # fmt: skip
@@ -85,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     pool = config.pool(args.pool) if args.pool else config.pools[0]
+    # The replica's environment (compute threads above all): a profile at another thread count measures
+    # another engine.
+    os.environ.update(engine_env(pool))
     profile = asyncio.run(measure(pool))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(profile.to_json() + "\n")

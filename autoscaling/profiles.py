@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["GPU_PROFILES", "PROFILE_DIR", "EngineProfile", "load_profile"]
+__all__ = ["GPU_PROFILES", "PROFILE_DIR", "EngineProfile", "load_profile", "profile_from_dict"]
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -32,6 +32,15 @@ class EngineProfile:
     gpus_per_replica: float = 1.0
     # Time a request spends before reaching the engine (HTTP, ingress, Serve hops), measured at idle.
     request_overhead_s: float = 0.0
+    # Of that, the work the serving path does one request at a time (the ingress's and the replica's event
+    # loops on a shared host): simultaneous arrivals queue for it. 0 for the GPU profiles (many ingress
+    # replicas on their own CPUs); fitted on bursts in the local cluster (autoscaling/fidelity.py).
+    serial_s_per_request: float = 0.0
+    # Replicas that share one host's CPUs (the local CPU profile: every engine and serving process on 2 cores):
+    # the host's throughput is the bottleneck, so each replica's decode step takes as long as one replica's
+    # step for the host's whole running batch (measured: two replicas at 32 running each step as slowly as one
+    # at 64, benchmarks/results/simulator_fidelity.json). False for GPU replicas, each on its own device.
+    shared_host: bool = False
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -54,7 +63,9 @@ class EngineProfile:
         return json.dumps(asdict(self), indent=2)
 
 
-def _from_dict(data: dict[str, object]) -> EngineProfile:
+def profile_from_dict(data: dict[str, object]) -> EngineProfile:
+    """A profile from its JSON object (as `EngineProfile.to_json` writes it)."""
+    data = dict(data)
     steps = [(int(b), float(t)) for b, t in data.pop("decode_step_s")]  # type: ignore[attr-defined]
     return EngineProfile(decode_step_s=sorted(steps), **data)  # type: ignore[arg-type]
 
@@ -66,7 +77,7 @@ def load_profile(name_or_path: str) -> EngineProfile:
     path = Path(name_or_path)
     if not path.exists():
         path = PROFILE_DIR / f"{name_or_path}.json"
-    return _from_dict(json.loads(path.read_text()))
+    return profile_from_dict(json.loads(path.read_text()))
 
 
 # Llama-3.1-8B-Instruct, BF16, vLLM, one GPU per replica.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from autoscaling.profiles import EngineProfile
@@ -56,6 +57,8 @@ class SimReplica:
     next_event_s: float | None = None
     version: int = 0
     ttfts: deque[tuple[float, float]] = field(default_factory=deque)
+    # The running batch of every replica on this one's host, itself included (profile.shared_host).
+    host_batch: Callable[[], int] | None = None
     _segment: _Segment | None = None
 
     @property
@@ -119,11 +122,19 @@ class SimReplica:
         for request in fresh:
             request.prefilled = True
         prefill_s = self.profile.prefill_s(sum(r.arrival.prompt_tokens for r in fresh))
-        step_s = self.profile.step_s(len(self.running))
+        step_s = self.profile.step_s(self._step_batch())
         steps = min(r.remaining for r in self.running)
         self._segment = _Segment(now_s, prefill_s, step_s, steps)
         self.next_event_s = now_s + prefill_s + steps * step_s
         self.version += 1
+
+    def _step_batch(self) -> int:
+        """The batch whose step time this replica's step takes: its own, or on a shared host the host's whole
+        batch (read when a segment is planned, i.e. at each of this replica's arrivals and completions; a
+        neighbour's change between two of them is seen at the next)."""
+        if self.profile.shared_host and self.host_batch is not None:
+            return max(len(self.running), self.host_batch())
+        return len(self.running)
 
     def recent_ttft_s(self, now_s: float) -> float:
         while self.ttfts and self.ttfts[0][0] < now_s - _TTFT_WINDOW_S:

@@ -4,55 +4,65 @@ surge's policy scaling one pool 1 -> 2 replicas), then simulated with the engine
 Ratio: simulated / measured TTFT p90, goal within 0.75-1.33 (the last line reports the ratio against 1.33; the
 JSON records both bounds). Replica-count timelines are plotted side by side. Starts Ray and engines: run it under
 the shared heavy lock.
+
+The run, in order: `python -m autoscaling.profile` (the engine alone, the replica's thread count); the cluster;
+a calibration schedule through the cluster (single requests at idle, bursts of simultaneous requests, batches of
+concurrent streams); the trace. Every request is sent by a process of its own (benchmarks/_trace_player.py).
+The simulator is then given the profile calibrated in the cluster (`calibrate`) and, for comparison, the engine
+profile alone with only the idle overhead (the model before calibration). `--from-json FILE` redoes the
+simulations and the comparison from a results file's measurements, without the cluster.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import dataclasses
 import json
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ray.serve.config import AutoscalingConfig
 
+from autoscaling.fidelity import Measured, calibrate, compare
 from autoscaling.policy import SurgePolicy
-from autoscaling.profiles import load_profile
-from autoscaling.simulator import PolicySetup, simulate
+from autoscaling.profiles import profile_from_dict
+from autoscaling.simulator import PolicySetup
 from autoscaling.traces import Arrival, load_trace
-from benchmarks._common import (
-    RESULTS_DIR,
-    final_line,
-    http_client,
-    percentile,
-    stream_completion,
-    utc_now,
-    write_results,
-)
+from benchmarks._common import RESULTS_DIR, RunClock, final_line, quick_parser, write_results
+from benchmarks._trace_player import play_schedule
 from cluster.config import PROJECT_ROOT, PoolAutoscalingConfig, SurgeConfig, load_config
 from cluster.serving import free_port, isolate_serve_ports, serving, wait_ready
+from deployments.app import pool_deployment_name
+from deployments.pool_capacity import read_decisions
 from deployments.pool_scaling import policy_kwargs, serve_autoscaling_config
 
 NAME = "simulator_fidelity"
 AZURE = PROJECT_ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 _MAX_OUTPUT, _MAX_PROMPT_WORDS = 48, 200
+_BATCHES = (1, 4, 16, 32, 64, 128)  # the trace reaches ~100 running requests a replica
+CALIBRATION_POOL = "calibration"
 
 
 def _config(pool_name: str = "main") -> SurgeConfig:
+    """The trace's pool (autoscaled 1..2) and a calibration pool of one fixed replica of the same engine: its
+    large batches measure the step without the trace pool's policy seeing them (and scaling before the trace);
+    it idles while the trace plays."""
     isolate_serve_ports()
     config = load_config()
     scaling = PoolAutoscalingConfig(min_replicas=1, max_replicas=2, target_ongoing_requests=4,
                                     scale_down_delay_s=20, scale_down_utilization=1.0)  # fmt: skip
     pool = config.pool(pool_name).model_copy(update={"num_replicas": 1, "autoscaling": scaling})
+    calib = pool.model_copy(update={"name": CALIBRATION_POOL, "served_model_name": CALIBRATION_POOL, "aliases": [],
+                                    "autoscaling": None, "num_cpus": 0.5, "cpus_per_worker": 0.5})  # fmt: skip
     return config.model_copy(update={
         "server": config.server.model_copy(update={"port": free_port()}),
         "admission": config.admission.model_copy(update={"enabled": False}),
-        "pools": [pool],
+        "pools": [pool, calib],
     })  # fmt: skip
 
 
@@ -63,118 +73,155 @@ def _arrivals(duration_s: float, rate_scale: float) -> list[Arrival]:
                                 output_tokens=min(_MAX_OUTPUT, a.output_tokens)) for a in rows]  # fmt: skip
 
 
-def _replicas() -> int:
+def calibration_schedule(arrivals: Sequence[Arrival]) -> tuple[list[tuple[float, int, int]], list[str]]:
+    """(t_s, prompt words, max tokens) and a label per request: singles at idle (the trace's own sizes), bursts
+    of 6 simultaneous short requests, then `_BATCHES` concurrent 48-token streams, each phase far apart."""
+    schedule: list[tuple[float, int, int]] = []
+    labels: list[str] = []
+    t = 0.0
+    for a in arrivals[:12]:
+        schedule.append((t, a.prompt_tokens, a.output_tokens))
+        labels.append("single")
+        t += 1.0
+    for _ in range(3):
+        schedule += [(t, 8, 2)] * 6
+        labels += ["burst"] * 6
+        t += 2.0
+    for batch in _BATCHES:
+        t += 5.0  # the previous batch has finished
+        schedule += [(t, 8, _MAX_OUTPUT)] * batch
+        labels += [f"batch{batch}"] * batch
+    return schedule, labels
+
+
+def _running_replicas(deployment_name: str) -> int:
     from ray import serve
 
     counts = 0
     for app in serve.status().applications.values():
         for name, deployment in app.deployments.items():
             states = {str(getattr(s, "value", s)): n for s, n in deployment.replica_states.items()}
-            counts += states.get("RUNNING", 0) if name.startswith("pool-") else 0
+            counts += states.get("RUNNING", 0) if name == deployment_name else 0
     return counts
 
 
-def _payload(model: str, a: Arrival) -> dict[str, Any]:
-    return {"model": model, "stream": True, "max_tokens": a.output_tokens, "ignore_eos": True,
-            "messages": [{"role": "user", "content": " ".join(["token"] * a.prompt_tokens)}],
-            "stream_options": {"include_usage": True}}  # fmt: skip
+class _Sampler:
+    """The pool's serving replicas once a second (wall time), in a thread, while the trace plays."""
+
+    def __init__(self, deployment_name: str) -> None:
+        self.deployment_name = deployment_name
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), _running_replicas(self.deployment_name)))
+            self._stop.wait(1.0)
+
+    def __enter__(self) -> _Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
-async def _idle_ttfts(url: str, model: str, samples: list[Arrival]) -> list[tuple[float, int]]:
-    """(TTFT, prompt tokens) of requests sent one at a time to the idle cluster: the serving path's overhead."""
-    async with http_client(1) as client:
-        results = [await stream_completion(client, f"{url}/v1/chat/completions", _payload(model, a)) for a in samples]
-    return [(r.ttft_s, r.prompt_tokens or a.prompt_tokens) for r, a in zip(results, samples, strict=True)
-            if r.ttft_s is not None]  # fmt: skip
+def _measure(config: SurgeConfig, arrivals: list[Arrival], profile_path: Path) -> dict[str, Any]:
+    subprocess.run([sys.executable, "-m", "autoscaling.profile", "--out", str(profile_path)], check=True)
+    pool, calib = config.pools
+    deployment = pool_deployment_name(pool)
+    schedule, labels = calibration_schedule(arrivals)
+    trace = [(a.t_s, a.prompt_tokens, a.output_tokens) for a in arrivals]
+    with tempfile.TemporaryDirectory() as tmp, serving(config) as url:
+        wait_ready(url)
+        for model in (pool.model_id, calib.model_id):  # first-call paths
+            play_schedule(url, model, [(0.0, 8, 4), (0.5, 8, 4)], Path(tmp) / "warm.json")
+        calibration = play_schedule(url, calib.model_id, schedule, Path(tmp) / "calibration.json")
+        with _Sampler(deployment) as sampler:
+            played = play_schedule(url, pool.model_id, trace, Path(tmp) / "trace.json")
+            while sampler.samples and sampler.samples[-1][1] > 1 and len(sampler.samples) < 600:
+                time.sleep(1.0)  # keep sampling until the pool is back to one replica (the scale-down)
+        decisions = read_decisions(deployment)
+    origin = played["start_unix_s"]
+    return {
+        "calibration": {"labels": labels, **calibration},
+        "trace": played,
+        "replicas_timeline": [(t - origin, n) for t, n in sampler.samples],
+        "decisions": [{**d, "t_s": float(str(d["t"])) - origin} for d in decisions],
+        "engine_profile": json.loads(profile_path.read_text()),
+    }
 
 
-def _overhead_s(profile_path: Path, idle: list[tuple[float, int]]) -> float:
-    """Idle TTFT beyond what the engine profile explains (prefill + one step): HTTP, ingress and Serve hops."""
-    profile = load_profile(str(profile_path))
-    extra = [ttft - profile.prefill_s(tokens) - profile.step_s(1) for ttft, tokens in idle]
-    return max(0.0, sorted(extra)[len(extra) // 2]) if extra else 0.0
-
-
-async def _play(url: str, model: str, arrivals: list[Arrival]) -> tuple[list[Any], list[tuple[float, int]]]:
-    """Fire every arrival at its time; sample the replica count once a second until all are answered."""
-    start = time.monotonic()
-    timeline: list[tuple[float, int]] = []
-    async with http_client(len(arrivals)) as client:
-
-        async def one(a: Arrival) -> Any:
-            await asyncio.sleep(max(0.0, a.t_s - (time.monotonic() - start)))
-            return await stream_completion(client, f"{url}/v1/chat/completions", _payload(model, a))
-
-        tasks = [asyncio.ensure_future(one(a)) for a in arrivals]
-        while not all(t.done() for t in tasks):
-            timeline.append((time.monotonic() - start, await asyncio.to_thread(_replicas)))
-            await asyncio.sleep(1.0)
-        return [t.result() for t in tasks], timeline
-
-
-def _simulate(
-    config: SurgeConfig, arrivals: list[Arrival], profile_path: Path, overhead_s: float
-) -> tuple[list[float], list[Any]]:
-    pool = config.pools[0]
-    profile = dataclasses.replace(load_profile(str(profile_path)), max_ongoing_requests=pool.max_ongoing_requests,
-                                  request_overhead_s=overhead_s)  # fmt: skip
-    serve_config = serve_autoscaling_config(pool, "pool-sim")
-    serve_config.pop("policy")
-    setup = PolicySetup("surge", SurgePolicy(**policy_kwargs(pool, "pool-sim")), AutoscalingConfig(**serve_config),
-                        surge_admission=False)  # fmt: skip
-    result = simulate(arrivals, profile, setup)
-    ttfts = [r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None]
-    return ttfts, result.timeline
-
-
-def _plot(path: Path, measured: list[tuple[float, int]], simulated: list[Any]) -> None:
+def _plot(path: Path, measured: Measured, simulated: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    axes[0].step([t for t, _ in measured], [n for _, n in measured], where="post")
-    axes[0].set_title("measured (local cluster)")
-    axes[1].step([p["t_s"] for p in simulated], [p["replicas"] for p in simulated], where="post")
-    axes[1].set_title("simulated (profile measured in this run)")
-    for ax in axes:
-        ax.set_xlabel("time (s)")
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    axes[0].step([t for t, _ in measured.replicas], [n for _, n in measured.replicas], where="post",
+                 label="measured (local cluster)")  # fmt: skip
+    axes[0].step([p["t_s"] for p in simulated], [p["replicas"] for p in simulated], where="post",
+                 label="simulated (calibrated profile)", linestyle="--")  # fmt: skip
+    axes[0].step([p["t_s"] for p in baseline], [p["replicas"] for p in baseline], where="post",
+                 label="simulated (engine profile alone)", linestyle=":")  # fmt: skip
     axes[0].set_ylabel("serving replicas")
+    axes[0].legend(loc="upper right")
+    points = measured.ttft_points()
+    axes[1].scatter([t for t, _ in points], [v for _, v in points], s=4)
+    axes[1].set_ylabel("TTFT (s), measured per request")
+    axes[1].set_xlabel("time since the trace started (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
+def _setup(config: SurgeConfig) -> Callable[[], PolicySetup]:
+    """The pool's own policy and Serve config, as the cluster ran it (a fresh policy object per simulation)."""
+    pool = config.pools[0]
+
+    def make() -> PolicySetup:
+        serve_config = serve_autoscaling_config(pool, "pool-sim")
+        serve_config.pop("policy")
+        return PolicySetup("surge", SurgePolicy(**policy_kwargs(pool, "pool-sim")), AutoscalingConfig(**serve_config),
+                           surge_admission=False)  # fmt: skip
+
+    return make
+
+
+def _report(clock: RunClock, raw: dict[str, Any], rate_scale: float) -> tuple[dict[str, Any], float]:
+    config = _config()
+    engine = profile_from_dict(raw["engine_profile"])
+    measured = Measured.from_raw(raw)
+    cal = calibrate(engine, measured, config.pools[0].max_ongoing_requests)
+    result = compare(cal, measured, _setup(config))
+    png = RESULTS_DIR / f"{NAME}.png"
+    _plot(png, measured, result.pop("_timeline_calibrated"), result.pop("_timeline_engine_only"))
+    ratio = float(result["ratio"])
+    data = {**clock.header(), "rate_scale": rate_scale, **result, "goal": {"within": [0.75, 1.33]},
+            "png": str(png.relative_to(PROJECT_ROOT)), "measurements": raw}  # fmt: skip
+    return data, ratio
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.simulator_fidelity", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = quick_parser(__doc__, "45 s of the trace instead of 120 s (the second replica may not serve in time)")
+    parser.add_argument("--from-json", default=None, help="redo the simulations from this results file")
     args = parser.parse_args(argv)
     # Rate x6 (~30 req/s on the Azure hour's first minutes): enough concurrency to need a second replica.
-    duration_s, rate_scale = (45.0, 6.0) if args.quick else (90.0, 6.0)
-    profile_path = RESULTS_DIR / f"{NAME}-profile.json"
-    subprocess.run([sys.executable, "-m", "autoscaling.profile", "--out", str(profile_path)], check=True)
-    config = _config()
-    arrivals = _arrivals(duration_s, rate_scale)
-    with serving(config) as url:
-        wait_ready(url)
-        idle = asyncio.run(_idle_ttfts(url, config.pools[0].model_id, arrivals[:8]))
-        answers, measured_timeline = asyncio.run(_play(url, config.pools[0].model_id, arrivals))
-    overhead_s = _overhead_s(profile_path, idle)
-    measured = [a.ttft_s for a in answers if a.ttft_s is not None]
-    simulated, sim_timeline = _simulate(config, arrivals, profile_path, overhead_s)
-    ratio = percentile(simulated, 0.9) / percentile(measured, 0.9)
-    png = RESULTS_DIR / f"{NAME}.png"
-    _plot(png, measured_timeline, sim_timeline)
-    write_results(NAME, {
-        "benchmark": NAME, "started_at": utc_now(), "quick": args.quick, "requests": len(arrivals),
-        "errors": sum(1 for a in answers if a.error), "measured_ttft_p90_s": percentile(measured, 0.9),
-        "simulated_ttft_p90_s": percentile(simulated, 0.9), "ratio": ratio, "goal": {"within": [0.75, 1.33]},
-        "idle_ttfts_s": [t for t, _ in idle], "request_overhead_s": overhead_s, "rate_scale": rate_scale,
-        "measured_max_replicas": max((n for _, n in measured_timeline), default=0),
-        "simulated_max_replicas": max((p["replicas"] for p in sim_timeline), default=0),
-        "profile": json.loads(profile_path.read_text()), "png": str(png.relative_to(PROJECT_ROOT)),
-    })  # fmt: skip
+    # 120 s: the second replica's cold start in the loaded cluster is ~70 s (twice the engine's alone).
+    duration_s, rate_scale = (45.0, 6.0) if args.quick else (120.0, 6.0)
+    if args.from_json:
+        old = json.loads(Path(args.from_json).read_text())
+        clock = RunClock(NAME, old.get("mode") == "quick")
+        raw = old["measurements"]
+    else:
+        clock = RunClock(NAME, args.quick)
+        raw = _measure(_config(), _arrivals(duration_s, rate_scale), RESULTS_DIR / f"{NAME}-profile.json")
+        write_results(NAME, {**clock.header(), "measurements": raw})  # kept if the analysis below fails
+    data, ratio = _report(clock, raw, rate_scale)
+    write_results(NAME, data)
     print(final_line(NAME, "simulated/measured TTFT p90", ratio, "<=", 1.33))
 
 

@@ -1,0 +1,234 @@
+"""Calibrating the simulator against a real run, part by part (benchmarks/simulator_fidelity.py measures).
+
+An engine profile measured alone (`python -m autoscaling.profile`) misses what the serving cluster adds on a
+small shared host, so `calibrate` measures each of those parts through the cluster, in the same run:
+
+* the decode step by batch size, from the streams' time per output token: on 2 cores the serving processes
+  (HAProxy, ingress, replica, Ray's loops) take CPU from the engine for every token they forward;
+* the idle overhead outside the engine: TTFT of single requests at idle beyond the engine's prefill and step;
+* the per-request work the serving path does one request at a time (the ingress's and the replica's event
+  loops): fitted so the simulated bursts of simultaneous requests queue as the measured ones do;
+* the cold start as the cluster sees it: from the policy's scale-up decision to the new replica serving, which
+  adds Ray's actor start and a slower engine load (it shares the cores with the serving replica) to the
+  engine's construction alone.
+
+`compare` then simulates the measured trace with the calibrated profile and with the engine profile alone (plus
+its idle overhead: the model before calibration) and lines each part up with the measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ray.serve.config import AutoscalingConfig
+
+from autoscaling.profiles import EngineProfile
+from autoscaling.simulator import PolicySetup, SimResult, simulate
+from autoscaling.traces import Arrival, TierMix
+
+__all__ = ["Calibration", "Measured", "MeasuredRequest", "calibrate", "compare", "percentile"]
+
+# One tier: the measured run has admission off, so every request has the same priority in the engine.
+_TIER = TierMix("all", 1.0, 3, 1.0)
+_SERVICE_GRID_S = [i * 0.0005 for i in range(61)]  # 0 to 30 ms per request
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredRequest:
+    t_s: float  # when it was sent, from the start of its schedule
+    ttft_s: float | None
+    latency_s: float
+    tokens: int
+    prompt_tokens: int
+    label: str = "trace"
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.ttft_s is None or self.tokens < 2:
+            return None
+        return (self.latency_s - self.ttft_s) / (self.tokens - 1)
+
+
+@dataclass(frozen=True)
+class Measured:
+    calibration: list[MeasuredRequest]
+    trace: list[MeasuredRequest]
+    replicas: list[tuple[float, int]]  # (s since the trace started, serving replicas)
+    decisions: list[dict[str, Any]]  # the policy's decisions, t_s since the trace started
+    client_cpu_cores: float
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any]) -> Measured:
+        labels = raw["calibration"]["labels"]
+        return cls(
+            calibration=[_request(r, label) for r, label in zip(raw["calibration"]["records"], labels, strict=True)
+                         if r["error"] is None],
+            trace=[_request(r) for r in raw["trace"]["records"] if r["error"] is None],
+            replicas=[(float(t), int(n)) for t, n in raw["replicas_timeline"]],
+            decisions=list(raw["decisions"]), client_cpu_cores=float(raw["trace"]["client_cpu_cores"]),
+        )  # fmt: skip
+
+    def labelled(self, label: str) -> list[MeasuredRequest]:
+        return [r for r in self.calibration if r.label == label]
+
+    def ttft_points(self) -> list[tuple[float, float]]:
+        return [(r.t_s, r.ttft_s) for r in self.trace if r.ttft_s is not None]
+
+    def second_replica_s(self) -> float | None:
+        """When the measured pool first served on more than one replica."""
+        return next((t for t, n in self.replicas if n > 1), None)
+
+    def first_scale_up_s(self) -> float | None:
+        ups = [float(d["t_s"]) for d in self.decisions if int(d["replicas"]) > int(d["from"])]
+        return min(ups, default=None)
+
+
+def _request(record: dict[str, Any], label: str = "trace") -> MeasuredRequest:
+    return MeasuredRequest(float(record["sent_s"]), record["ttft_s"], float(record["latency_s"]),
+                           int(record["tokens"]), int(record["prompt_tokens"] or 0), label)  # fmt: skip
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = (len(ordered) - 1) * q
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    profile: EngineProfile  # the engine profile with every part measured through the cluster
+    engine_only: EngineProfile  # the engine profile alone plus its idle overhead (the uncalibrated model)
+    parts: dict[str, Any]
+
+
+def _cluster_steps(measured: Measured) -> list[tuple[int, float]]:
+    batches = sorted({int(r.label[5:]) for r in measured.calibration if r.label.startswith("batch")})
+    steps = []
+    for batch in batches:
+        tpots = [t for r in measured.labelled(f"batch{batch}") if (t := r.tpot_s) is not None]
+        if tpots:
+            steps.append((batch, statistics.median(tpots)))
+    return steps
+
+
+def _idle_overhead_s(profile: EngineProfile, singles: Sequence[MeasuredRequest]) -> float:
+    """Median idle TTFT beyond the engine's prefill and first step: HTTP, HAProxy, ingress, Serve hops."""
+    extra = [r.ttft_s - profile.prefill_s(r.prompt_tokens) - profile.step_s(1) for r in singles
+             if r.ttft_s is not None]  # fmt: skip
+    return max(0.0, statistics.median(extra)) if extra else 0.0
+
+
+def _fixed_pool(replicas: int = 1) -> PolicySetup:
+    config = AutoscalingConfig(min_replicas=replicas, max_replicas=replicas, initial_replicas=replicas,
+                               upscale_delay_s=0, downscale_delay_s=0)  # fmt: skip
+    return PolicySetup("fixed", lambda ctx: (replicas, {}), config, surge_admission=False)
+
+
+def _as_arrivals(requests: Sequence[MeasuredRequest]) -> list[Arrival]:
+    return sorted((Arrival(r.t_s, r.prompt_tokens, max(1, r.tokens), _TIER) for r in requests),
+                  key=lambda a: a.t_s)  # fmt: skip
+
+
+def _sim_ttfts(result: SimResult) -> list[float]:
+    return [r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None]
+
+
+def _burst_error(profile: EngineProfile, bursts: Sequence[MeasuredRequest]) -> float:
+    result = simulate(_as_arrivals(bursts), profile, _fixed_pool(), end_s=0.0)
+    return (statistics.mean(_sim_ttfts(result)) - statistics.mean(r.ttft_s or 0.0 for r in bursts)) ** 2
+
+
+def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: int) -> Calibration:
+    """Every part of the profile measured through the cluster (see the module's docstring)."""
+    engine = dataclasses.replace(engine, max_ongoing_requests=max_ongoing_requests)
+    singles = measured.labelled("single")
+    engine_only = dataclasses.replace(engine, request_overhead_s=_idle_overhead_s(engine, singles))
+    steps = _cluster_steps(measured) or engine.decode_step_s
+    # One host's CPUs run every replica here: the steps measured with one replica stretch with the host's batch.
+    profile = dataclasses.replace(engine, decode_step_s=steps, shared_host=True)
+    profile = dataclasses.replace(profile, request_overhead_s=_idle_overhead_s(profile, singles))
+    bursts = measured.labelled("burst")
+    if bursts:
+        errors = {s: _burst_error(dataclasses.replace(profile, serial_s_per_request=s), bursts)
+                  for s in _SERVICE_GRID_S}  # fmt: skip
+        profile = dataclasses.replace(profile, serial_s_per_request=min(errors, key=lambda s: errors[s]))
+    up_s, ready_s = measured.first_scale_up_s(), measured.second_replica_s()
+    if up_s is not None and ready_s is not None and ready_s > up_s:
+        profile = dataclasses.replace(profile, cold_start_s=ready_s - up_s)
+    parts = {
+        "decode_step_s": {"engine_alone": engine.decode_step_s, "in_cluster": profile.decode_step_s},
+        "idle_overhead_s": {"against_engine_alone": engine_only.request_overhead_s,
+                            "against_cluster_steps": profile.request_overhead_s},
+        "serial_s_per_request": profile.serial_s_per_request,
+        "cold_start_s": {"engine_alone": engine.cold_start_s, "in_cluster": profile.cold_start_s,
+                         "scale_up_decision_s": up_s, "second_replica_serving_s": ready_s},
+    }  # fmt: skip
+    return Calibration(profile, engine_only, parts)
+
+
+def _summary(ttfts: Sequence[float]) -> dict[str, float]:
+    return {"p50": percentile(ttfts, 0.5), "p90": percentile(ttfts, 0.9), "p99": percentile(ttfts, 0.99)}
+
+
+def _phase_ttfts(requests: Sequence[tuple[float, float]], split_s: float | None) -> dict[str, dict[str, float]]:
+    if split_s is None:
+        return {"all": _summary([v for _, v in requests])}
+    return {"one_replica": _summary([v for t, v in requests if t < split_s]),
+            "after_second_replica": _summary([v for t, v in requests if t >= split_s])}  # fmt: skip
+
+
+def _calibration_check(profile: EngineProfile, measured: Measured) -> dict[str, Any]:
+    """The calibration phases simulated on one replica against their measurement (the fit's own residue)."""
+    out: dict[str, Any] = {}
+    for label in sorted({r.label for r in measured.calibration}):
+        reqs = measured.labelled(label)
+        sim = simulate(_as_arrivals(reqs), profile, _fixed_pool(), end_s=0.0)
+        out[label] = {"measured_ttft_mean_s": statistics.mean(r.ttft_s or 0.0 for r in reqs),
+                      "simulated_ttft_mean_s": statistics.mean(_sim_ttfts(sim) or [float("nan")])}  # fmt: skip
+    return out
+
+
+def compare(cal: Calibration, measured: Measured, make_setup: Callable[[], PolicySetup]) -> dict[str, Any]:
+    """Simulate the measured trace (its requests as sent, its sizes as served) with the calibrated profile and
+    with the engine profile alone; the ratios and the parts, lined up."""
+    arrivals = _as_arrivals(measured.trace)
+    calibrated, alone = simulate(arrivals, cal.profile, make_setup()), simulate(arrivals, cal.engine_only, make_setup())
+    measured_ttfts = [v for _, v in measured.ttft_points()]
+    split = measured.second_replica_s()
+
+    def points(result: SimResult) -> list[tuple[float, float]]:
+        return [(r.arrival.t_s, r.first_token_s - r.arrival.t_s) for r in result.requests if r.first_token_s]
+
+    p90 = percentile(measured_ttfts, 0.9)
+    return {
+        "requests": len(measured.trace), "client_cpu_cores": measured.client_cpu_cores,
+        "measured_ttft_s": _summary(measured_ttfts), "simulated_ttft_s": _summary(_sim_ttfts(calibrated)),
+        "simulated_engine_alone_ttft_s": _summary(_sim_ttfts(alone)),
+        "ratio": percentile(_sim_ttfts(calibrated), 0.9) / p90,
+        "ratio_engine_alone": percentile(_sim_ttfts(alone), 0.9) / p90,
+        "ttft_by_phase": {"measured": _phase_ttfts(measured.ttft_points(), split),
+                          "simulated": _phase_ttfts(points(calibrated), split),
+                          "simulated_engine_alone": _phase_ttfts(points(alone), split)},
+        "tpot_p50_s": {"measured": percentile([t for r in measured.trace if (t := r.tpot_s)], 0.5),
+                       "simulated": percentile([t for r in calibrated.requests if (t := _sim_tpot(r))], 0.5)},
+        "measured_max_replicas": max((n for _, n in measured.replicas), default=0),
+        "simulated_max_replicas": max((p["replicas"] for p in calibrated.timeline), default=0),
+        "simulated_decisions": calibrated.decisions[:10], "measured_decisions": measured.decisions[:10],
+        "parts": cal.parts, "calibration_check": _calibration_check(cal.profile, measured),
+        "profile_calibrated": dataclasses.asdict(cal.profile),
+        "_timeline_calibrated": calibrated.timeline, "_timeline_engine_only": alone.timeline,
+    }  # fmt: skip
+
+
+def _sim_tpot(request: Any) -> float | None:
+    if request.first_token_s is None or request.done_s is None or request.generated < 2:
+        return None
+    return float((request.done_s - request.first_token_s) / (request.generated - 1))

@@ -1,0 +1,83 @@
+"""Calibrating the simulator against a measured run: each part the engine profile alone misses."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ray.serve.config import AutoscalingConfig
+
+from autoscaling.fidelity import Measured, MeasuredRequest, calibrate
+from autoscaling.profiles import EngineProfile
+from autoscaling.simulator import PolicySetup, simulate
+from autoscaling.traces import DEFAULT_TIERS, Arrival
+
+ENGINE = EngineProfile(
+    name="engine", decode_step_s=[(1, 0.01), (16, 0.02)], prefill_s_per_token=0.0, prefill_base_s=0.005,
+    max_num_seqs=64, max_ongoing_requests=64, cold_start_s=40.0,
+)  # fmt: skip
+
+
+def one_replica() -> PolicySetup:
+    config = AutoscalingConfig(min_replicas=1, max_replicas=1, initial_replicas=1)
+    return PolicySetup("fixed", lambda ctx: (1, {}), config, surge_admission=False)
+
+
+def burst_ttfts(profile: EngineProfile, size: int = 6) -> list[float]:
+    arrivals = [Arrival(0.0, 10, 2, DEFAULT_TIERS[0]) for _ in range(size)]
+    result = simulate(arrivals, profile, one_replica(), end_s=0.0)
+    return sorted(r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None)
+
+
+def measured(bursts: list[float], batch_tpot_s: float = 0.03, decisions: list[dict[str, Any]] | None = None,
+             replicas: list[tuple[float, int]] | None = None) -> Measured:  # fmt: skip
+    singles = [MeasuredRequest(float(i), 0.05, 0.05, 1, 10, "single") for i in range(5)]
+    burst = [MeasuredRequest(20.0, t, t, 2, 10, "burst") for t in bursts]
+    batch = [MeasuredRequest(30.0, 0.05, 0.05 + 47 * batch_tpot_s, 48, 10, "batch16") for _ in range(16)]
+    return Measured(singles + burst + batch, [], replicas or [(0.0, 1)], decisions or [], 0.0)
+
+
+def test_simultaneous_arrivals_queue_for_the_serving_paths_one_at_a_time_work() -> None:
+    spread = burst_ttfts(dataclasses.replace(ENGINE, serial_s_per_request=0.01))
+    together = burst_ttfts(ENGINE)
+    assert spread[-1] - spread[0] > together[-1] - together[0] + 0.04
+
+
+def test_the_serial_work_is_fitted_so_simulated_bursts_queue_as_measured_ones() -> None:
+    truth = dataclasses.replace(ENGINE, serial_s_per_request=0.008, request_overhead_s=0.04)
+    cal = calibrate(ENGINE, measured(burst_ttfts(truth)), 64)
+    assert abs(cal.profile.serial_s_per_request - 0.008) <= 0.002
+
+
+def test_decode_steps_come_from_the_streams_through_the_cluster() -> None:
+    cal = calibrate(ENGINE, measured(burst_ttfts(ENGINE), batch_tpot_s=0.03), 64)
+    assert dict(cal.profile.decode_step_s)[16] == 0.03
+    assert cal.engine_only.decode_step_s == ENGINE.decode_step_s
+
+
+def test_the_cold_start_runs_from_the_scale_up_decision_to_the_second_replica_serving() -> None:
+    ups = [{"t_s": 10.0, "from": 1, "replicas": 2}]
+    cal = calibrate(ENGINE, measured(burst_ttfts(ENGINE), decisions=ups, replicas=[(0.0, 1), (75.0, 2)]), 64)
+    assert cal.profile.cold_start_s == 65.0
+    assert cal.engine_only.cold_start_s == ENGINE.cold_start_s
+
+
+def test_the_idle_overhead_is_what_the_engine_does_not_explain() -> None:
+    cal = calibrate(ENGINE, measured(burst_ttfts(ENGINE)), 64)
+    # singles: TTFT 0.05 s = prefill base 0.005 + one step 0.01 (engine alone) + overhead
+    assert abs(cal.engine_only.request_overhead_s - 0.035) < 1e-9
+
+
+def test_replicas_on_a_shared_host_step_as_one_replica_with_the_hosts_whole_batch() -> None:
+    steps = EngineProfile(name="host", decode_step_s=[(1, 0.01), (8, 0.08)], prefill_s_per_token=0.0,
+                          prefill_base_s=0.0, max_num_seqs=64, max_ongoing_requests=4, cold_start_s=1.0)  # fmt: skip
+    arrivals = [Arrival(0.0, 10, 50, DEFAULT_TIERS[0]) for _ in range(8)]
+    config = AutoscalingConfig(min_replicas=2, max_replicas=2, initial_replicas=2)
+    setup = PolicySetup("fixed", lambda ctx: (2, {}), config, surge_admission=False)
+
+    def done_s(profile: EngineProfile) -> float:
+        return max(r.done_s or 0.0 for r in simulate(arrivals, profile, setup, end_s=0.0).requests)
+
+    apart, shared = done_s(steps), done_s(dataclasses.replace(steps, shared_host=True))
+    # 4 running on each replica: a step of batch 4 (0.04 s) alone, of batch 8 (0.08 s) on a shared host
+    assert abs(shared / apart - 2.0) < 0.1
