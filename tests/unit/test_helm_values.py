@@ -268,3 +268,10 @@ def test_a_pool_no_gpu_group_hosts_is_rejected() -> None:
         "surge": {"pools": [POOL, {"name": "orphan", "model": "/m"}]},
     }
     assert '"orphan" is in no enabled GPU worker group\'s pools' in _rejection(values)
+
+
+def test_ray_start_parameters_the_chart_sets_are_refused() -> None:
+    message = _rejection({"head": {"rayStartParams": {"metrics-export-port": "9000"}}})
+    assert "head.rayStartParams.metrics-export-port: the chart sets it from surge.observability" in message
+    message = _rejection({"workerGroups": {"gpu": {"rayStartParams": {"labels": "a=b"}}}})
+    assert "workerGroups.gpu.rayStartParams.labels: KubeRay refuses it" in message

@@ -241,7 +241,7 @@ volumes:
 {{- end }}
 
 {{/* Every listener of a Ray pod needs its own port (HAProxy's admin listeners too: loopback still collides with
-     a wildcard bind), and the extra volumes must not take the chart's own names or mount paths. */}}
+     a wildcard bind); the Ray start parameters, extra volumes and mounts must not take the chart's own. */}}
 {{- define "surge.validatePods" -}}
 {{- $listeners := list (list "Ray's GCS" 6379) (list "Ray's dashboard" 8265) (list "Ray's client server" 10001) }}
 {{- $listeners = append $listeners (list "surge.server.port" (include "surge.servePort" . | int)) }}
@@ -257,6 +257,17 @@ volumes:
 {{- fail (printf "port %s is both %s and %s: every listener of a Ray pod needs its own port" $port (get $taken $port) (index . 0)) }}
 {{- end }}
 {{- $_ := set $taken $port (index . 0) }}
+{{- end }}
+{{- $groups := dict "head" .Values.head }}
+{{- range $group, $spec := .Values.workerGroups }}
+{{- $_ := set $groups (printf "workerGroups.%s" $group) $spec }}
+{{- end }}
+{{- range $where, $spec := $groups }}
+{{- range $key, $why := dict "metrics-export-port" "the chart sets it from surge.observability.metrics.export_port" "dashboard-host" "the chart sets it (0.0.0.0, for the operator)" "labels" "KubeRay refuses it; the chart sets the group's Ray node labels" }}
+{{- if hasKey ($spec.rayStartParams | default dict) $key }}
+{{- fail (printf "%s.rayStartParams.%s: %s" $where $key $why) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- range .Values.extraVolumes }}
 {{- if has .name (list "dshm" "ray-logs" "surge-config") }}
