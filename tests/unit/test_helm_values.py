@@ -275,3 +275,9 @@ def test_ray_start_parameters_the_chart_sets_are_refused() -> None:
     assert "head.rayStartParams.metrics-export-port: the chart sets it from surge.observability" in message
     message = _rejection({"workerGroups": {"gpu": {"rayStartParams": {"labels": "a=b"}}}})
     assert "workerGroups.gpu.rayStartParams.labels: KubeRay refuses it" in message
+
+
+def test_a_serve_host_other_than_every_interface_is_refused() -> None:
+    # The app's own default (127.0.0.1, for a laptop) would leave the pods unreachable.
+    message = _rejection({"surge": {"server": {"host": "127.0.0.1"}, "pools": [POOL]}})
+    assert "surge.server.host is 127.0.0.1: in a pod Serve must listen on every interface" in message

@@ -232,6 +232,10 @@ volumes:
 {{- end }}
 {{- end }}
 {{- include "surge.validatePods" . }}
+{{- $host := dig "server" "host" "127.0.0.1" .Values.surge }}
+{{- if not (has $host (list "0.0.0.0" "::")) }}
+{{- fail (printf "surge.server.host is %s: in a pod Serve must listen on every interface (0.0.0.0), where the Serve Service and the operator's health probe reach it" $host) }}
+{{- end }}
 {{- $ingress := dig "ingress" "num_replicas" 1 .Values.surge | int }}
 {{- $admission := dig "admission" "enabled" true .Values.surge }}
 {{- $shared := or .Values.postgres.enabled (hasPrefix "postgres" (dig "admission" "key_store_dsn" "" .Values.surge)) }}
