@@ -150,7 +150,8 @@ def _cluster_properties() -> dict[str, Any]:
         ),
         # NewClusterWithIncrementalUpgrade needs Gateway API options the chart does not render.
         "upgradeStrategy": _obj({"type": {"enum": ["NewCluster", "None"]}}),
-        "rayClusterDeletionDelaySeconds": _int(0),
+        # null: the surge config's server.request_timeout_s.
+        "rayClusterDeletionDelaySeconds": {"type": ["integer", "null"], "minimum": 0},
         "deploymentOverrides": {"type": "object", "additionalProperties": _serve_options()},
     }
 

@@ -4,6 +4,7 @@ RayService's serveConfigV2 is the surge config the app builds from."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,9 @@ def test_autoscaling_on_by_default_and_off_pins_each_group() -> None:
 def test_upgrades_build_a_new_cluster_behind_the_serve_service() -> None:
     spec = _rayservice("default")["spec"]
     assert spec["upgradeStrategy"] == {"type": "NewCluster"}
+    # The old cluster outlives the switch by the longest a request may run, so no stream in flight is cut.
+    timeout_s = config_from_mapping(yaml.safe_load(spec["serveConfigV2"])["applications"][0]["args"]["config"])
+    assert spec["rayClusterDeletionDelaySeconds"] == math.ceil(timeout_s.server.request_timeout_s)
     assert spec["serveService"]["metadata"]["name"] == "surge-serve"
     assert spec["serveService"]["spec"]["ports"][0]["targetPort"] == 8000
 
@@ -292,3 +296,16 @@ def test_images_are_pinned(variant: str) -> None:
     for container in _containers(_rayservice(variant)):
         name, _, tag = container["image"].rpartition(":")
         assert name and "/" not in tag and tag not in ("", "latest"), container["image"]
+
+
+def test_the_old_clusters_deletion_delay_follows_the_request_timeout_unless_set() -> None:
+    from tests.helm_render import objects, render
+
+    def delay(values: dict[str, Any]) -> Any:
+        (service,) = _find(objects(render(values)), "RayService")
+        return service["spec"]["rayClusterDeletionDelaySeconds"]
+
+    pools = [{"name": "main", "model": "/m"}]
+    assert delay({"surge": {"server": {"request_timeout_s": 90.5}, "pools": pools}}) == 91
+    assert delay({"rayClusterDeletionDelaySeconds": 45}) == 45
+    assert delay({"rayClusterDeletionDelaySeconds": 0}) == 0

@@ -63,6 +63,15 @@ app.kubernetes.io/part-of: surge
 {{- dig "observability" "metrics" "export_port" nil .Values.surge | default 8080 }}
 {{- end }}
 
+{{/* How long the old cluster outlives a traffic switch: by default as long as a request may run. */}}
+{{- define "surge.deletionDelay" -}}
+{{- if kindIs "invalid" .Values.rayClusterDeletionDelaySeconds }}
+{{- dig "server" "request_timeout_s" 300 .Values.surge | float64 | ceil | int }}
+{{- else }}
+{{- .Values.rayClusterDeletionDelaySeconds }}
+{{- end }}
+{{- end }}
+
 {{- define "surge.serveServiceName" -}}
 {{- printf "%s-serve" (include "surge.fullname" .) }}
 {{- end }}
