@@ -225,6 +225,7 @@ def compare(cal: Calibration, measured: Measured, make_setup: Callable[[], Polic
         "parts": cal.parts, "calibration_check": _calibration_check(cal.profile, measured),
         "profile_calibrated": dataclasses.asdict(cal.profile),
         "_timeline_calibrated": calibrated.timeline, "_timeline_engine_only": alone.timeline,
+        "_points_calibrated": points(calibrated),
     }  # fmt: skip
 
 

@@ -58,7 +58,8 @@ def _config(pool_name: str = "main") -> SurgeConfig:
                                     scale_down_delay_s=20, scale_down_utilization=1.0)  # fmt: skip
     pool = config.pool(pool_name).model_copy(update={"num_replicas": 1, "autoscaling": scaling})
     calib = pool.model_copy(update={"name": CALIBRATION_POOL, "served_model_name": CALIBRATION_POOL, "aliases": [],
-                                    "autoscaling": None, "num_cpus": 0.5, "cpus_per_worker": 0.5})  # fmt: skip
+                                    "autoscaling": PoolAutoscalingConfig(), "num_cpus": 0.5,
+                                    "cpus_per_worker": 0.5})  # fmt: skip
     return config.model_copy(update={
         "server": config.server.model_copy(update={"port": free_port()}),
         "admission": config.admission.model_copy(update={"enabled": False}),
@@ -154,7 +155,8 @@ def _measure(config: SurgeConfig, arrivals: list[Arrival], profile_path: Path) -
     }
 
 
-def _plot(path: Path, measured: Measured, simulated: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> None:
+def _plot(path: Path, measured: Measured, simulated: list[dict[str, Any]], baseline: list[dict[str, Any]],
+          simulated_ttfts: list[tuple[float, float]]) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,9 +171,11 @@ def _plot(path: Path, measured: Measured, simulated: list[dict[str, Any]], basel
                  label="simulated (engine profile alone)", linestyle=":")  # fmt: skip
     axes[0].set_ylabel("serving replicas")
     axes[0].legend(loc="upper right")
-    points = measured.ttft_points()
-    axes[1].scatter([t for t, _ in points], [v for _, v in points], s=4)
-    axes[1].set_ylabel("TTFT (s), measured per request")
+    for label, points in (("measured", measured.ttft_points()), ("simulated (calibrated)", simulated_ttfts)):
+        axes[1].scatter([t for t, _ in points], [v for _, v in points], s=3, label=label, alpha=0.6)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("TTFT per request (s)")
+    axes[1].legend(loc="upper right")
     axes[1].set_xlabel("time since the trace started (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -198,7 +202,8 @@ def _report(clock: RunClock, raw: dict[str, Any], rate_scale: float) -> tuple[di
     cal = calibrate(engine, measured, config.pools[0].max_ongoing_requests)
     result = compare(cal, measured, _setup(config))
     png = RESULTS_DIR / f"{NAME}.png"
-    _plot(png, measured, result.pop("_timeline_calibrated"), result.pop("_timeline_engine_only"))
+    _plot(png, measured, result.pop("_timeline_calibrated"), result.pop("_timeline_engine_only"),
+          result.pop("_points_calibrated"))
     ratio = float(result["ratio"])
     data = {**clock.header(), "rate_scale": rate_scale, **result, "goal": {"within": [0.75, 1.33]},
             "png": str(png.relative_to(PROJECT_ROOT)), "measurements": raw}  # fmt: skip
