@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.config import AdmissionConfig
-from deployments.admission.clients import ensure_principal, find_client, verify_client
+from deployments.admission.clients import Client, ensure_principal, find_client, verify_client
 from deployments.admission.issuers import ExternalIssuers, FetchJwks, unverified_issuer
 from deployments.admission.oauth import (
     OAuthError,
@@ -22,9 +22,10 @@ from deployments.admission.oauth import (
     parse_token_request,
     token_reply,
 )
+from deployments.admission.outage import STORE_RETRY_AFTER_S, key_store_outage
 from deployments.admission.store import KeyStore
 from deployments.admission.tokens import InvalidTokenError, TokenKeys
-from deployments.errors import Unauthorized
+from deployments.errors import ServiceUnavailable, Unauthorized
 
 __all__ = ["Identity", "Principal"]
 
@@ -53,8 +54,11 @@ class Identity:
         self._config = config
         self._store = store
         self._keys = keys if keys is not None else TokenKeys.load(config.tokens) if config.enabled else None
-        extra = {"fetch": fetch_jwks} if fetch_jwks is not None else {}
-        self.issuers = ExternalIssuers(config.issuers, config.tokens.leeway_s, **extra)
+        leeway_s = config.tokens.leeway_s
+        self.issuers = (
+            ExternalIssuers(config.issuers, leeway_s, fetch_jwks)
+            if fetch_jwks is not None else ExternalIssuers(config.issuers, leeway_s)
+        )  # fmt: skip
         self._clock = clock
         self._known_principals: set[str] = set()
 
@@ -79,7 +83,8 @@ class Identity:
         if issuer != self._config.tokens.issuer and self.issuers.trusts(issuer):
             external = await self.issuers.verify(token, now=now)
             if external.principal_id not in self._known_principals:
-                await ensure_principal(await self._store(), external.principal_id, external.tier)
+                with key_store_outage():
+                    await ensure_principal(await self._store(), external.principal_id, external.tier)
                 if len(self._known_principals) > _MAX_KNOWN_PRINCIPALS:
                     self._known_principals.clear()
                 self._known_principals.add(external.principal_id)
@@ -88,7 +93,8 @@ class Identity:
             raise InvalidTokenError("this server issues no access tokens")
         claims = self._keys.verify(token, now=now)
         # Looked up on every request, so a revoked client's tokens stop at its next request.
-        client = await find_client(await self._store(), str(claims["sub"]))
+        with key_store_outage():
+            client = await find_client(await self._store(), str(claims["sub"]))
         if client is None:
             raise InvalidTokenError("its client is unknown or revoked")
         tier = claims.get("tier")
@@ -101,7 +107,7 @@ class Identity:
             request = parse_token_request(content_type, authorization, body)
             if self._keys is None:
                 raise OAuthError("temporarily_unavailable", "this server has no token signing key configured", 503)
-            client = await verify_client(await self._store(), request.client_id, request.client_secret)
+            client = await self._verify_client(request.client_id, request.client_secret)
             if client is None:
                 raise invalid_client("unknown client, revoked client or wrong client secret")
             if client.tier not in self._config.tiers:
@@ -111,3 +117,11 @@ class Identity:
             return exc.reply()
         token, expires_in_s = self._keys.issue(subject=client.id, tier=client.tier, scope=scope, now=self._clock())
         return token_reply(token, expires_in_s, scope)
+
+    async def _verify_client(self, client_id: str, secret: str) -> Client | None:
+        """The authenticated client; a store outage is RFC 6749's temporarily_unavailable, not a 500."""
+        try:
+            with key_store_outage():
+                return await verify_client(await self._store(), client_id, secret)
+        except ServiceUnavailable as exc:
+            raise OAuthError("temporarily_unavailable", exc.message, 503, retry_after_s=STORE_RETRY_AFTER_S) from None

@@ -104,9 +104,13 @@ class JwksCache:
 class ExternalIssuers:
     """Every configured external issuer, chosen by the token's `iss`."""
 
-    def __init__(self, issuers: list[IssuerConfig], leeway_s: float, fetch: FetchJwks = _http_fetch) -> None:
+    def __init__(
+        self, issuers: list[IssuerConfig], leeway_s: float, fetch: FetchJwks = _http_fetch,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
         self._issuers = {issuer.issuer: issuer for issuer in issuers}
-        self._caches = {issuer.issuer: JwksCache(issuer, fetch) for issuer in issuers}
+        # `clock` paces the JWKS refreshes (monotonic); token times are checked against `now` in verify.
+        self._caches = {issuer.issuer: JwksCache(issuer, fetch, clock) for issuer in issuers}
         self._leeway_s = leeway_s
 
     def trusts(self, issuer: object) -> bool:

@@ -37,16 +37,19 @@ class TokenReply:
 class OAuthError(Exception):
     """An RFC 6749 §5.2 error; invalid_client is 401 with a WWW-Authenticate challenge."""
 
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
+    def __init__(self, error: str, description: str, status: int = 400, *, retry_after_s: int | None = None) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
+        self.retry_after_s = retry_after_s
 
     def reply(self) -> TokenReply:
         headers = dict(_NO_STORE)
         if self.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="surge", error="invalid_client"'
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = str(self.retry_after_s)
         return TokenReply(self.status, {"error": self.error, "error_description": self.description}, headers)
 
 

@@ -16,6 +16,7 @@ from cluster.config import NotifyConfig, SmtpConfig
 from deployments.admission.notify import Destination, Notifier, signature_header, verify_signature
 from deployments.admission.quotas import QuotaState
 from tests.local_http import local_server
+from tests.local_smtp import smtp_sink
 
 SECRET = b"whsec-test"
 QUOTA = QuotaState("daily_requests", limit=500, used=400, reset_s=3600, period="2026-12-02")
@@ -131,54 +132,23 @@ def test_a_signature_checks_secret_body_and_age() -> None:
     assert not verify_signature(SECRET, "garbage", body, now=now)
 
 
-class SmtpSink:
-    """A minimal local SMTP server (EHLO, MAIL, RCPT, DATA, QUIT) that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, str]] = []
-
-    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 sink ready\r\n")
-        recipient, in_data = "", False
-        lines: list[str] = []
-        while line := await reader.readline():
-            text = line.decode().rstrip("\r\n")
-            if in_data:
-                if text == ".":
-                    self.messages.append((recipient, "\n".join(lines)))
-                    in_data, lines = False, []
-                    writer.write(b"250 queued\r\n")
-                else:
-                    lines.append(text)
-                continue
-            verb = text.split(" ", 1)[0].upper()
-            if verb == "RCPT":
-                recipient = text.split(":", 1)[1].strip(" <>")
-            if verb == "DATA":
-                in_data = True
-                writer.write(b"354 go ahead\r\n")
-            elif verb == "QUIT":
-                writer.write(b"221 bye\r\n")
-                break
-            else:
-                writer.write(b"250 ok\r\n")
-            await writer.drain()
-        writer.close()
-
-
 async def test_with_smtp_configured_a_warning_is_also_e_mailed(monkeypatch: pytest.MonkeyPatch) -> None:
-    sink = SmtpSink()
-    server = await asyncio.start_server(sink.session, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        smtp = SmtpConfig(host="127.0.0.1", port=port, sender="surge@example.test")
+    async with smtp_sink() as sink:
+        smtp = SmtpConfig(host="127.0.0.1", port=sink.port, sender="surge@example.test")
         sender = notifier(monkeypatch, smtp=smtp)
         sender.warn(Destination("client_1", "free", email="ops@acme.test"), QUOTA, 0.8)
         await sender.drain()
-    finally:
-        server.close()
-        await server.wait_closed()
     ((to, message),) = sink.messages
     assert to == "ops@acme.test"
     assert "Subject: surge: 80% of your daily requests quota used" in message
+    assert "From: surge@example.test" in message
     assert "400 of 500" in message
+
+
+async def test_an_smtp_server_that_is_down_is_retried_then_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+    smtp = SmtpConfig(host="127.0.0.1", port=9, sender="surge@example.test", timeout_s=5)
+    sender = notifier(monkeypatch, sleeps, smtp=smtp, attempts=3, backoff_s=0.5)
+    sender.warn(Destination("client_1", "free", email="ops@acme.test"), QUOTA, 0.8)
+    await sender.drain()
+    assert sleeps == [0.5, 1.0]

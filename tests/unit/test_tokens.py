@@ -104,6 +104,33 @@ def test_a_verifier_whose_clock_is_behind_accepts_a_new_token_within_the_leeway(
             keys.verify(token, now=NOW + skew_s)
 
 
+def signed_by_surge(keys: TokenKeys, **claims: object) -> str:
+    """A token with chosen claims, signed with surge's own active key."""
+    body = {"iss": "surge", "sub": "c", "aud": "surge-api", "exp": int(NOW) + 600, "jti": "x", **claims}
+    return jwt.encode(body, keys.active.private, algorithm=keys.active.algorithm, headers={"kid": keys.active.kid})
+
+
+@pytest.mark.parametrize(("iat_ahead_s", "valid"), [(30, True), (31, False)])
+def test_a_token_issued_ahead_of_the_verifiers_clock_is_accepted_within_the_leeway_only(
+    keys: TokenKeys, iat_ahead_s: int, valid: bool
+) -> None:
+    token = signed_by_surge(keys, iat=int(NOW) + iat_ahead_s)
+    if valid:
+        keys.verify(token, now=NOW)
+    else:
+        with pytest.raises(InvalidTokenError, match="issued in the future"):
+            keys.verify(token, now=NOW)
+
+
+def test_the_leeway_is_configurable(config: TokenConfig) -> None:
+    strict = TokenKeys.load(config.model_copy(update={"leeway_s": 0}))
+    assert strict is not None
+    token, _ = strict.issue(subject="c", tier="pro", scope="inference", now=NOW)
+    strict.verify(token, now=NOW + 86_399)
+    with pytest.raises(InvalidTokenError, match="expired"):
+        strict.verify(token, now=NOW + 86_400)
+
+
 def test_time_claims_must_be_numbers() -> None:
     assert time_decision({"exp": "tomorrow"}, now=NOW, leeway_s=30)[0] is False
     assert time_decision({}, now=NOW, leeway_s=30)[0] is False
@@ -154,6 +181,22 @@ def test_hmac_signed_with_the_public_key_is_refused(keys: TokenKeys) -> None:
     forged = f"{header}.{payload}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
     with pytest.raises(InvalidTokenError, match="algorithm 'HS256'"):
         keys.verify(forged, now=NOW)
+
+
+def test_an_rs256_token_under_surges_kid_is_refused(keys: TokenKeys) -> None:
+    """Algorithm confusion the other way: an attacker's RSA key, presented under the kid of surge's key."""
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {"iss": "surge", "sub": "c", "aud": "surge-api", "iat": int(NOW), "exp": int(NOW) + 60, "jti": "x"}
+    token = jwt.encode(claims, attacker, algorithm="RS256", headers={"kid": keys.active.kid})
+    with pytest.raises(InvalidTokenError, match="algorithm 'RS256'"):
+        keys.verify(token, now=NOW)
+
+
+def test_a_token_without_a_kid_is_refused(keys: TokenKeys) -> None:
+    claims = {"iss": "surge", "sub": "c", "aud": "surge-api", "iat": int(NOW), "exp": int(NOW) + 60, "jti": "x"}
+    token = jwt.encode(claims, keys.active.private, algorithm=keys.active.algorithm)
+    with pytest.raises(InvalidTokenError, match="kid"):
+        keys.verify(token, now=NOW)
 
 
 def test_a_token_signed_by_an_unknown_key_is_refused(keys: TokenKeys) -> None:
