@@ -132,7 +132,34 @@ async def _keys(dsn: str) -> dict[str, str]:
 def _config(base: SurgeConfig, dsn: str) -> SurgeConfig:
     server = base.server.model_copy(update={"port": free_port()})
     admission = base.admission.model_copy(update={"key_store_dsn": dsn})
-    return base.model_copy(update={"server": server, "admission": admission})
+    # A free metrics port: make run's fixed 8080 may be taken by another surge on this machine.
+    metrics = base.observability.metrics.model_copy(update={"export_port": free_port()})
+    observability = base.observability.model_copy(update={"metrics": metrics})
+    return base.model_copy(update={"server": server, "admission": admission, "observability": observability})
+
+
+def _ingress_processes() -> dict[str, tuple[int, int]]:
+    """The ingress replicas' actors (this process's Ray): name -> (pid, restarts)."""
+    from ray._private import state as ray_state
+
+    actors = ray_state.actors(actor_state_name="ALIVE").values()
+    return {a["Name"]: (a["Pid"], a["NumRestarts"]) for a in actors if a["ActorClassName"].endswith(":ingress")}
+
+
+def _rss_mib(processes: dict[str, tuple[int, int]]) -> float:
+    import psutil
+
+    return sum(psutil.Process(pid).memory_info().rss for pid, _ in processes.values()) / 2**20
+
+
+async def _measure_with_memory(plan: Plan, base_url: str, keys: dict[str, str]) -> dict[str, Any]:
+    before = _ingress_processes()
+    rss_before = _rss_mib(before)
+    result = await _measure(plan, base_url, keys)
+    after = _ingress_processes()
+    result["ingress"] = {"rss_mib_before": rss_before, "rss_mib_after": _rss_mib(after) if after else None,
+                         "same_processes_after": after == before}  # fmt: skip
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         dsn = f"sqlite:///{tmp}/keys.db"
         keys = asyncio.run(_keys(dsn))
         with serving(_config(load_config(), dsn)) as url:
-            result = asyncio.run(_measure(plan, url, keys))
+            result = asyncio.run(_measure_with_memory(plan, url, keys))
     p99 = result["refusal_ms"]["p99"]
     ratio = float(p99) if p99 is not None else float("nan")
     data = {
