@@ -39,5 +39,5 @@ class ObservabilityConfig(_Strict):
 
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
-    # One JSON line per request at the ingress (logger `surge.requests`); never a key or a prompt.
+    # One JSON line per request on the ingress replica's stderr (written by a thread); never a key or a prompt.
     request_log: bool = True

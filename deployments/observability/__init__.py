@@ -17,7 +17,7 @@ from opentelemetry.trace import Span
 from cluster.config import ObservabilityConfig
 from deployments.engines.base import GenerationRequest
 from deployments.observability.asgi import ObservabilityMiddleware, Observer
-from deployments.observability.logs import request_logger
+from deployments.observability.logs import RequestLog, request_log
 from deployments.observability.metrics import InstrumentFactory, SurgeMetrics, ray_instruments
 from deployments.observability.record import cache_lookup, classified, dispatching, finished, stream_failed
 from deployments.observability.tracing import Tracing, engine_trace_headers, set_engine_trace_headers
@@ -75,16 +75,17 @@ def configure_ingress(
     debug_state: Callable[[], dict[str, Any]] | None = None,
     instruments: InstrumentFactory = ray_instruments,
     processors: Sequence[SpanProcessor] | None = None,
+    log: RequestLog | None = None,
 ) -> Observer:
     """Build the ingress replica's instruments. `debug_state` is the route client's (its "admitted" and
-    "breakers" per pool feed the gauges); tests pass fake `instruments` and in-memory span `processors`."""
+    "breakers" per pool feed the gauges); tests pass fake `instruments`, in-memory span `processors` and a `log`."""
     global _observer
     pool_state = None if debug_state is None else _pool_state(list(pools), debug_state)
     metrics = SurgeMetrics(instruments) if config.metrics.enabled else None
     tracing = None
     if config.tracing.otlp_endpoint or processors is not None:
         tracing = Tracing(config.tracing, "ingress", root=True, processors=processors)
-    log = request_logger() if config.request_log else None
+    log = (log or request_log()) if config.request_log else None
     observer = Observer(metrics, tracing, log, pool_state, config.metrics.gauge_interval_s)
     # All off: the middleware passes requests straight through (no record, no ids, no headers).
     _observer = observer if metrics or tracing or log else None
@@ -128,12 +129,13 @@ def end_span(span: Span | None) -> None:
 
 
 def engine_stat_loggers() -> list[Any]:
-    """vLLM's own Ray stat logger (`ray_vllm_*` metrics) when metrics are on, beside surge's stats reader."""
+    """vLLM's own Ray stat logger (`ray_vllm_*` metrics) when metrics are on, beside surge's stats reader; its
+    scheduler gauges are sampled (engine_metrics.py), its per-request metrics are all vLLM's."""
     if not settings().metrics.enabled:
         return []
-    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+    from deployments.observability.engine_metrics import SampledRayStatLogger
 
-    return [RayPrometheusStatLogger]
+    return [SampledRayStatLogger]
 
 
 def engine_tracing_args() -> dict[str, Any]:

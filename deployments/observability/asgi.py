@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import time
 import uuid
@@ -19,7 +18,7 @@ from typing import Any
 
 from opentelemetry.trace import Status, StatusCode
 
-from deployments.observability.logs import log_request
+from deployments.observability.logs import RequestLog, log_request
 from deployments.observability.metrics import SurgeMetrics
 from deployments.observability.record import RequestRecord, current
 from deployments.observability.tracing import Tracing
@@ -40,7 +39,7 @@ _RECORD = current()
 class Observer:
     """What the middleware reports to: any of metrics, tracing and the request log may be off (None)."""
 
-    def __init__(self, metrics: SurgeMetrics | None, tracing: Tracing | None, log: logging.Logger | None,
+    def __init__(self, metrics: SurgeMetrics | None, tracing: Tracing | None, log: RequestLog | None,
                  pool_state: Callable[[], tuple[dict[str, int], dict[str, str]]] | None = None,
                  gauge_interval_s: float = 1.0) -> None:
         self.metrics, self.tracing, self.log = metrics, tracing, log

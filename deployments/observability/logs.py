@@ -3,36 +3,53 @@
 from __future__ import annotations
 
 import json
-import logging
-import logging.handlers
 import queue
 import sys
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from deployments.observability.record import RequestRecord
 
-__all__ = ["REQUEST_LOGGER", "request_fields", "request_logger"]
+__all__ = ["RequestLog", "request_fields", "request_log"]
 
-REQUEST_LOGGER = "surge.requests"
+_default: RequestLog | None = None
 
 
-def request_logger() -> logging.Logger:
-    """`surge.requests`, writing bare JSON lines to the process's stderr (Ray's worker log)."""
-    logger = logging.getLogger(REQUEST_LOGGER)
-    if not any(getattr(h, "_surge_json", False) for h in logger.handlers):
-        # The event loop only enqueues the line; a thread writes it (stderr is a file or pipe: blocking I/O).
-        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        # The process's real stderr (Ray's worker-*.err): Serve replaces sys.stderr with a logger that its own
-        # filters and format rewrite.
-        writer = logging.StreamHandler(sys.__stderr__ or sys.stderr)
-        writer.setFormatter(logging.Formatter("%(message)s"))
-        handler = logging.handlers.QueueHandler(lines)
-        handler._surge_json = True  # type: ignore[attr-defined]
-        logging.handlers.QueueListener(lines, writer).start()
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False  # one line, not one more in Serve's own format
-    return logger
+class RequestLog:
+    """Bare JSON lines, one per request. The event loop only enqueues the line's fields; a thread of its own
+    encodes and writes them, flushing when it has caught up (a flush per line is a syscall per request). Not
+    through `logging`: a log record per request (Ray's record factory, QueueHandler's format and copy) cost the
+    ingress more than the encoding itself."""
+
+    def __init__(self, stream: TextIO | None = None, on_line: Callable[[str], None] | None = None) -> None:
+        # The process's real stderr (Ray's worker-*.err): Serve replaces sys.stderr with a logger whose filters
+        # and format would rewrite the lines.
+        self._stream = stream or sys.__stderr__ or sys.stderr
+        self._on_line = on_line
+        self._fields: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        threading.Thread(target=self._write_forever, name="surge-request-log", daemon=True).start()
+
+    def write(self, fields: dict[str, Any]) -> None:
+        self._fields.put(fields)
+
+    def _write_forever(self) -> None:
+        while True:
+            line = json.dumps(self._fields.get(), separators=(",", ":"))
+            if self._on_line is not None:
+                self._on_line(line)
+                continue
+            self._stream.write(line + "\n")
+            if self._fields.empty():
+                self._stream.flush()
+
+
+def request_log() -> RequestLog:
+    """This process's request log (one writer thread per process)."""
+    global _default
+    if _default is None:
+        _default = RequestLog()
+    return _default
 
 
 def _ms(start_s: float, at_s: float | None) -> float | None:
@@ -65,5 +82,5 @@ def request_fields(record: RequestRecord, path: str, end_s: float) -> dict[str, 
     }
 
 
-def log_request(logger: logging.Logger, record: RequestRecord, path: str, end_s: float) -> None:
-    logger.info(json.dumps(request_fields(record, path, end_s), separators=(",", ":")))
+def log_request(log: RequestLog, record: RequestRecord, path: str, end_s: float) -> None:
+    log.write(request_fields(record, path, end_s))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
-import logging
+import queue
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from cluster.config import ObservabilityConfig, TracingConfig
 from deployments import observability
 from deployments.engines.base import GenerationChunk, GenerationRequest, TextPrompt
-from deployments.observability.logs import REQUEST_LOGGER
+from deployments.observability.logs import RequestLog
 from deployments.observability.metrics import METRIC_NAMES, Instrument
 from deployments.routing import RoutingDecision
 
@@ -123,21 +124,12 @@ async def test_metrics_off_records_nothing() -> None:
 def test_log_fields_name_the_outcome() -> None:
     import asyncio
 
-    lines: list[dict[str, Any]] = []
-
-    class _Lines(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(json.loads(record.getMessage()))
-
-    handler = _Lines()
-    logging.getLogger(REQUEST_LOGGER).addHandler(handler)
-    try:
-        observability.configure_ingress(ObservabilityConfig(), ["main"], instruments=_Instruments())
-        asyncio.run(_post(_app(), {"stream": True}, {"X-Request-Id": "client-42", "Authorization": "Bearer sk-x"}))
-        asyncio.run(_post(_app(), {"refuse": True}))
-    finally:
-        logging.getLogger(REQUEST_LOGGER).removeHandler(handler)
-    assert len(lines) == 2
+    written: queue.SimpleQueue[str] = queue.SimpleQueue()
+    log = RequestLog(on_line=written.put)
+    observability.configure_ingress(ObservabilityConfig(), ["main"], instruments=_Instruments(), log=log)
+    asyncio.run(_post(_app(), {"stream": True}, {"X-Request-Id": "client-42", "Authorization": "Bearer sk-x"}))
+    asyncio.run(_post(_app(), {"refuse": True}))
+    lines = [json.loads(written.get(timeout=60)) for _ in range(2)]  # the writer thread's lines, in order
     ok, refused = lines
     assert ok["request_id"] == "client-42" and ok["status"] == 200 and ok["completion_tokens"] == 5
     assert (ok["model"], ok["pool"], ok["tier"], ok["priority"], ok["stream"]) == ("surge-tiny", "main", "pro", "2",
@@ -146,6 +138,21 @@ def test_log_fields_name_the_outcome() -> None:
     assert refused["status"] == 429 and refused["refusal_reason"] == "rate_limit_exceeded"
     text = json.dumps(lines)
     assert "secret prompt" not in text and "sk-x" not in text
+
+
+def test_the_request_log_writes_one_compact_line_per_request() -> None:
+    done: queue.SimpleQueue[None] = queue.SimpleQueue()
+
+    class _Stream(io.StringIO):
+        def flush(self) -> None:
+            super().flush()
+            done.put(None)
+
+    stream = _Stream()
+    log = RequestLog(stream=stream)
+    log.write({"event": "request", "request_id": "r-1", "status": 200})
+    done.get(timeout=60)  # flushed once the writer caught up
+    assert stream.getvalue() == '{"event":"request","request_id":"r-1","status":200}\n'
 
 
 async def test_spans_form_one_tree_under_the_clients_traceparent() -> None:
