@@ -7,6 +7,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import RSAAlgorithm
 
-from cluster.config import AdmissionConfig, IssuerConfig, NotifyConfig, TierConfig, TokenConfig
+from cluster.config import AdmissionConfig, IssuerConfig, NotifyConfig, SmtpConfig, TierConfig, TokenConfig
 from deployments.admission.clients import create_client, revoke_client
 from deployments.admission.decisions import day_of
 from deployments.admission.gate import AdmissionGate
 from deployments.admission.notify import verify_signature
+from deployments.admission.quotas import month_of, month_reset_seconds
 from deployments.errors import RateLimited, Unauthorized
 from tests.local_http import local_server
+from tests.local_smtp import smtp_sink
 
 SECRET = "whsec-gate-test"
 FORM = "application/x-www-form-urlencoded"
 
 
 def tier(**fields: Any) -> TierConfig:
-    return TierConfig(rpm=100_000, tpm=100_000_000, daily_token_quota=100_000_000, max_tokens_cap=64,
-                      default_priority=3, max_priority=1, **fields)  # fmt: skip
+    defaults = {"rpm": 100_000, "tpm": 100_000_000, "daily_token_quota": 100_000_000, "max_tokens_cap": 64,
+                "default_priority": 3, "max_priority": 1}  # fmt: skip
+    return TierConfig(**{**defaults, **fields})
 
 
 class Hooks:
@@ -63,18 +67,23 @@ async def hooks() -> AsyncIterator[Hooks]:
         yield receiver
 
 
+def gate_config(tmp_path: Path, tiers: dict[str, TierConfig], notify: NotifyConfig | None = None) -> AdmissionConfig:
+    """One store and one signing key under tmp_path: every gate built from it is a replica of the same ingress."""
+    key = tmp_path / "signing.pem"
+    if not key.exists():
+        key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    return AdmissionConfig(
+        key_store_dsn=f"sqlite:///{tmp_path / 'keys.db'}", tiers=tiers,
+        tokens=TokenConfig(signing_key_files=[str(key)]), notify=notify or NotifyConfig(backoff_s=0.05),
+    )  # fmt: skip
+
+
 @pytest.fixture
 async def gate(tmp_path: Path, hooks: Hooks, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AdmissionGate]:
     monkeypatch.setenv("SURGE_WEBHOOK_SECRET", SECRET)
-    key = tmp_path / "signing.pem"
-    key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
     tiers = {"pro": tier(), "limited": tier(daily_call_quota=100, warning_webhook_url=hooks.url)}
-    config = AdmissionConfig(
-        key_store_dsn=f"sqlite:///{tmp_path / 'keys.db'}", tiers=tiers,
-        tokens=TokenConfig(signing_key_files=[str(key)]), notify=NotifyConfig(backoff_s=0.05),
-    )  # fmt: skip
-    admission = AdmissionGate(config)
+    admission = AdmissionGate(gate_config(tmp_path, tiers))
     yield admission
     await admission.close()
 
@@ -119,6 +128,26 @@ async def test_a_revoked_clients_token_is_refused_on_its_next_request(gate: Admi
     assert "revoked" in caught.value.message
 
 
+async def test_a_client_revoked_after_authenticating_is_refused_by_its_reservation(gate: AdmissionGate) -> None:
+    """Revocation between authentication and the quota charge: the reservation's transaction refuses it."""
+    client_id, token = await token_for(gate, "acme")
+    tenant = await gate.authenticate(f"Bearer {token}")
+    await revoke_client(await gate.store(), "acme")
+    with pytest.raises(Unauthorized):
+        await gate.reserve(tenant, 1)
+    assert (await (await gate.store()).usage(client_id, day_of(time.time()))).requests == 0
+
+
+async def test_a_tokens_tier_bounds_its_priority(tmp_path: Path) -> None:
+    admission = AdmissionGate(gate_config(tmp_path, {"low": tier(default_priority=4, max_priority=3)}))
+    try:
+        _, token = await token_for(admission, "acme", "low")
+        tenant = await admission.authenticate(f"Bearer {token}")
+        assert [admission.priority(tenant, asked) for asked in (None, 1, 3, 5)] == [4, 3, 3, 5]
+    finally:
+        await admission.close()
+
+
 async def test_a_tampered_token_is_a_401_in_the_openai_error_shape(gate: AdmissionGate) -> None:
     _, token = await token_for(gate, "acme")
     header, payload, signature = token.split(".")
@@ -149,6 +178,59 @@ async def test_200_concurrent_calls_spend_exactly_the_daily_quota_and_warn_once(
     assert hooks.bad == 0
     assert [(e["tenant"], e["quota"], e["used"]) for e in hooks.events] == [(client_id, "daily_requests", 80)]
     assert (await (await gate.store()).usage(client_id, day_of(time.time()))).requests == 100
+
+
+async def test_two_replicas_spend_exactly_the_monthly_call_quota_and_warn_once(
+    tmp_path: Path, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """70 of 100 monthly calls used on an earlier day; 200 concurrent calls through two ingress replicas."""
+    monkeypatch.setenv("SURGE_WEBHOOK_SECRET", SECRET)
+    limits = tier(monthly_call_quota=100, warning_webhook_url=hooks.url)
+    config = gate_config(tmp_path, {"monthly": limits})
+    replicas = [AdmissionGate(config), AdmissionGate(config)]
+    try:
+        client_id, token = await token_for(replicas[0], "acme", "monthly")
+        now = time.time()
+        month_start = datetime.combine(month_of(now), datetime.min.time(), UTC).timestamp()
+        earlier = max(month_start, now - 86_400)
+        await (await replicas[0].store()).reserve(client_id, now=earlier, requests=70, tokens=0, tier=limits)
+        tenants = [await replica.authenticate(f"Bearer {token}") for replica in replicas]
+        results = await asyncio.gather(*(replicas[i % 2].reserve(tenants[i % 2], 1) for i in range(200)),
+                                       return_exceptions=True)  # fmt: skip
+        limited = [r for r in results if isinstance(r, RateLimited)]
+        assert len(results) - len(limited) == 30
+        exceeded = {(e.code, e.headers["X-Quota-Exceeded"]) for e in limited}
+        assert exceeded == {("insufficient_quota", "monthly_requests")}
+        assert all(0 < int(e.headers["Retry-After"]) <= month_reset_seconds(now) for e in limited)
+        await asyncio.gather(*(replica.notifier.drain() for replica in replicas))
+    finally:
+        await asyncio.gather(*(replica.close() for replica in replicas))
+    assert hooks.bad == 0
+    assert [(e["tenant"], e["quota"], e["period"], e["used"], e["limit"]) for e in hooks.events] == [
+        (client_id, "monthly_requests", month_of(now).isoformat()[:7], 80, 100)
+    ]
+
+
+async def test_a_clients_own_webhook_and_e_mail_get_its_warning_once(
+    tmp_path: Path, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SURGE_WEBHOOK_SECRET", SECRET)
+    async with smtp_sink() as sink:
+        notify = NotifyConfig(backoff_s=0.05, smtp=SmtpConfig(host="127.0.0.1", port=sink.port, sender="q@surge.test"))
+        admission = AdmissionGate(gate_config(tmp_path, {"small": tier(daily_call_quota=50)}, notify))
+        try:
+            client, secret = await create_client(await admission.store(), "acme", "small", webhook_url=hooks.url,
+                                                 email="ops@acme.test")  # fmt: skip
+            body = f"grant_type=client_credentials&client_id={client.id}&client_secret={secret}".encode()
+            token = (await admission.identity.issue(FORM, None, body)).body["access_token"]
+            tenant = await admission.authenticate(f"Bearer {token}")
+            await asyncio.gather(*(admission.reserve(tenant, 1) for _ in range(200)), return_exceptions=True)
+            await admission.notifier.drain()
+        finally:
+            await admission.close()
+    assert [(e["tenant"], e["quota"], e["used"]) for e in hooks.events] == [(client.id, "daily_requests", 40)]
+    assert [to for to, _ in sink.messages] == ["ops@acme.test"]
+    assert "40 of 50" in sink.messages[0][1]
 
 
 async def test_the_quota_headers_say_what_is_left(gate: AdmissionGate) -> None:

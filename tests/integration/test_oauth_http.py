@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import io
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +23,7 @@ import jwt
 import openai
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from deployments.admission.clients import create_client, revoke_client
 from deployments.admission.store import open_store
@@ -29,6 +34,15 @@ pytestmark = pytest.mark.slow
 
 MODEL = "surge-tiny"
 USER = [{"role": "user", "content": "hi"}]
+README = Path(__file__).resolve().parents[2] / "README.md"
+README_URL = "http://127.0.0.1:8000"
+
+
+def readme_block(language: str, after: str) -> str:
+    """The first ```language block of the README after the text `after`."""
+    text = README.read_text()
+    start = text.index(f"```{language}\n", text.index(after)) + len(f"```{language}\n")
+    return text[start : text.index("```", start)]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +93,35 @@ def test_the_openai_client_works_with_a_token_from_the_token_endpoint(
     assert completion.usage is not None and completion.usage.completion_tokens >= 1
 
 
+def test_the_readmes_curl_commands_get_a_token_and_use_it(surge_url: str, api_keys: Keys) -> None:
+    client_id, secret = new_client(api_keys, "readme-curl")
+    script = readme_block("bash", "Get a token (HTTP Basic")
+    assert README_URL in script
+    env = {**os.environ, "CLIENT_ID": client_id, "CLIENT_SECRET": secret,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script.replace(README_URL, surge_url)], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    assert json.loads(done.stdout)["usage"]["completion_tokens"] >= 1
+
+
+def test_the_readmes_python_client_refreshes_its_token_before_it_expires(surge_url: str, api_keys: Keys) -> None:
+    client_id, secret = new_client(api_keys, "readme-python")
+    code = readme_block("python", "A long-running Python process")
+    assert f'BASE_URL = "{README_URL}"' in code
+    namespace: dict[str, Any] = {"CLIENT_ID": client_id, "CLIENT_SECRET": secret}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(code.replace(README_URL, surge_url), "README.md", "exec"), namespace)
+    assert namespace["completion"].usage.completion_tokens >= 1
+    tokens = namespace["tokens"]
+    first = tokens.get()
+    assert tokens.get() == first  # far from its exp: the cached token
+    tokens.expires_at = time.time() + tokens.margin_s / 2  # as if most of its 24 h had passed
+    fresh = tokens.get()
+    assert fresh != first and jwt.decode(fresh, options={"verify_signature": False})["sub"] == client_id
+    client = namespace["client"].with_options(api_key=fresh, max_retries=0)
+    assert client.chat.completions.create(model=MODEL, messages=USER, max_tokens=2).choices
+
+
 def test_the_jwks_verifies_the_tokens_surge_issues(http: httpx.Client, api_keys: Keys) -> None:
     token = token_of(http, *new_client(api_keys, "jwks"))
     (jwk,) = http.get("/.well-known/jwks.json").json()["keys"]
@@ -126,21 +169,32 @@ def _hs256_with_public_key(token_key_file: str) -> str:
     return f"{header.decode()}.{payload.decode()}.{signature.rstrip(b'=').decode()}"
 
 
+def _rs256_under_surges_kid(token_key_file: str) -> str:
+    claims = jwt.decode(signed(token_key_file), options={"verify_signature": False})
+    kid = load_signing_key(Path(token_key_file).read_bytes()).kid
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims, attacker, algorithm="RS256", headers={"kid": kid})
+
+
 def _unknown_kid(token_key_file: str) -> str:
     claims = jwt.decode(signed(token_key_file), options={"verify_signature": False})
     return jwt.encode(claims, ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": "rotated-out"})
 
 
-@pytest.mark.parametrize("forgery", ["expired", "audience", "alg-none", "hs256", "unknown-kid", "tampered"])
+@pytest.mark.parametrize(
+    "forgery", ["expired", "not-yet-valid", "audience", "alg-none", "hs256", "rs256", "unknown-kid", "tampered"]
+)
 def test_bad_tokens_are_refused_with_401_and_the_openai_error_body(
     http: httpx.Client, token_key_file: str, forgery: str
 ) -> None:
     now = int(time.time())
     tokens = {
         "expired": lambda: signed(token_key_file, iat=now - 7200, exp=now - 3600),
+        "not-yet-valid": lambda: signed(token_key_file, iat=now + 600, nbf=now + 600, exp=now + 7200),
         "audience": lambda: signed(token_key_file, aud="another-api"),
         "alg-none": lambda: _alg_none(token_key_file),
         "hs256": lambda: _hs256_with_public_key(token_key_file),
+        "rs256": lambda: _rs256_under_surges_kid(token_key_file),
         "unknown-kid": lambda: _unknown_kid(token_key_file),
         "tampered": lambda: signed(token_key_file)[:-6] + "AAAAAA",
     }
