@@ -5,10 +5,13 @@
 One app (the tiny model, one replica, admission on). A steady open-loop interactive load (streamed chats at a
 fixed rate) runs in two windows with an idle gap between them, in four blocks A B B A: A without any batch, B
 with a batch of a few hundred lines submitted through `/v1/files` + `/v1/batches` just before (the machine's
-background load drifts; ABBA lets each side see both ends of the run). First the batch runs alone on the idle
-pool for a while: its lines per second there are the pool's idle capacity for batch work. Headlines: interactive
-TTFT p99 of the B windows over the A windows (goal <= 1.1), and the batch lines finished in the B gaps over what
-the idle rate would finish in them (goal >= 0.7).
+background load drifts; ABBA lets each side see both ends of the run). In each B block the batch first runs
+alone on the idle pool for a while: its lines per second there are the pool's idle capacity for batch work at
+that time (measured in the block itself, so load from other processes on the host weighs on both sides of the
+share alike). Headlines: interactive TTFT p99 of the B windows over the A windows (goal <= 1.1), and the batch
+lines finished in the B gaps over what the block's idle rate would finish in them (goal >= 0.7). Each part
+records the cores other processes kept busy while it ran, and the first request of each window (the one that
+meets the batch's lines in the engine) is reported on its own.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import httpx
 from benchmarks._common import (
     RequestResult,
     RunClock,
+    cpu_usage,
     final_line,
     goal_met,
     http_client,
@@ -61,8 +65,10 @@ class Plan:
     interactive_max_tokens: int = 32
 
 
-QUICK = Plan(rate_rps=4.0, window_s=12.0, gap_s=8.0, calibration_s=10.0, batch_lines=200)
-FULL = Plan(rate_rps=4.0, window_s=30.0, gap_s=20.0, calibration_s=25.0, batch_lines=400)
+# Enough lines that the batch outlasts its calibration and the gap even on a quiet machine (~10 lines/s).
+# The gap loses resume_after_s plus one line's latency before lines finish in it: 12 s keeps that a small part.
+QUICK = Plan(rate_rps=4.0, window_s=10.0, gap_s=12.0, calibration_s=8.0, batch_lines=300)
+FULL = Plan(rate_rps=4.0, window_s=30.0, gap_s=20.0, calibration_s=15.0, batch_lines=600)
 
 
 def _config(workdir: Path) -> SurgeConfig:
@@ -136,19 +142,21 @@ async def _window(client: httpx.AsyncClient, url: str, model: str, plan: Plan, t
 def _load_with_gap(url: str, key: str, model: str, plan: Plan, tag: str, at_gap: Any) -> dict[str, Any]:
     """Window, gap (calling at_gap(start/end) around it), window; the windows' TTFTs."""
 
-    async def run() -> list[RequestResult]:
+    async def run() -> tuple[list[RequestResult], list[RequestResult]]:
         async with http_client(64, key) as client:
             first = await _window(client, url, model, plan, f"{tag}-a")
             at_gap("start")
             await asyncio.sleep(plan.gap_s)
             at_gap("end")
-            return first + await _window(client, url, model, plan, f"{tag}-b")
+            return first, await _window(client, url, model, plan, f"{tag}-b")
 
-    results = asyncio.run(run())
+    windows = asyncio.run(run())
+    results = [r for window in windows for r in window]
     ttfts = [r.ttft_s for r in results if r.ttft_s is not None]
     statuses = [r.error.split(":")[0] for r in results if r.error]
     return {"requests": len(results), "errors": len(statuses), "error_kinds": sorted(set(statuses)),
-            "ttft": p50_p99(ttfts, "ms"), "ttft_p99_s": _p99(ttfts), "ttfts_s": ttfts}  # fmt: skip
+            "ttft": p50_p99(ttfts, "ms"), "ttft_p99_s": _p99(ttfts), "ttfts_s": ttfts,
+            "window_first_ttfts_s": [w[0].ttft_s for w in windows if w]}  # fmt: skip
 
 
 def _p99(values: list[float]) -> float:
@@ -157,29 +165,40 @@ def _p99(values: list[float]) -> float:
     return percentile(values, 99) if values else math.nan
 
 
-def _calibrate(batches: _Batches, model: str, plan: Plan) -> dict[str, Any]:
-    batch_id = batches.submit(_batch_file(model, plan, "calibration"))
-    batches.wait_started(batch_id)
+def _idle_rate(batches: _Batches, batch_id: str, plan: Plan) -> dict[str, Any]:
+    """The batch's lines per second alone on the idle pool, over plan.calibration_s."""
     before, start = batches.completed(batch_id), time.perf_counter()
     time.sleep(plan.calibration_s)
     done, elapsed = batches.completed(batch_id) - before, time.perf_counter() - start
-    batches.cancel(batch_id)
     return {"lines": done, "seconds": elapsed, "lines_per_s": done / elapsed}
 
 
-def _mixed(url: str, keys: tuple[str, str], model: str, plan: Plan, idle_rate: float) -> dict[str, Any]:
+def _baseline(url: str, keys: tuple[str, str], model: str, plan: Plan, name: str) -> dict[str, Any]:
+    with cpu_usage() as cpu:
+        record = _load_with_gap(url, keys[0], model, plan, name, lambda _: None)
+    return {**record, "cpu": cpu}
+
+
+def _mixed(url: str, keys: tuple[str, str], model: str, plan: Plan, name: str) -> dict[str, Any]:
     batches = _Batches(url, keys[1])
-    batch_id = batches.submit(_batch_file(model, plan, "mixed"))
+    batch_id = batches.submit(_batch_file(model, plan, name))
     batches.wait_started(batch_id)
+    with cpu_usage() as calibration_cpu:
+        idle = _idle_rate(batches, batch_id, plan)
     marks: dict[str, tuple[float, int]] = {}
 
     def at_gap(which: str) -> None:
         marks[which] = (time.perf_counter(), batches.completed(batch_id))
 
-    record = _load_with_gap(url, keys[0], model, plan, "mixed", at_gap)
+    with cpu_usage() as cpu:
+        record = _load_with_gap(url, keys[0], model, plan, name, at_gap)
     (t0, n0), (t1, n1) = marks["start"], marks["end"]
-    record["gap"] = {"seconds": t1 - t0, "lines": n1 - n0, "idle_rate_lines_per_s": idle_rate,
-                     "share": (n1 - n0) / ((t1 - t0) * idle_rate) if idle_rate > 0 else math.nan}  # fmt: skip
+    rate = idle["lines_per_s"]
+    record["idle"] = {**idle, "cpu": calibration_cpu}
+    record["gap"] = {"seconds": t1 - t0, "lines": n1 - n0, "idle_rate_lines_per_s": rate,
+                     "share": (n1 - n0) / ((t1 - t0) * rate) if rate > 0 else math.nan}  # fmt: skip
+    record["cpu"] = cpu
+    # "completed" here would mean the batch ran out of lines in the gap: the share would understate it.
     record["batch_status_after"] = batches.status(batch_id)
     batches.cancel(batch_id)
     return record
@@ -195,28 +214,31 @@ def _measure(plan: Plan) -> dict[str, Any]:
         with serving(config) as url:
             wait_ready(url, timeout_s=300)
             runs: dict[str, Any] = {}
-            runs["calibration"] = run_part(NAME, "calibration", lambda: _calibrate(_Batches(url, keys[1]), model, plan))
-            rate = float(runs["calibration"].get("lines_per_s", math.nan))
             # A B B A: the machine's background load drifts; each side sees both ends of the run.
             for name in ("baseline_1", "batch_1", "batch_2", "baseline_2"):
-                if name.startswith("baseline"):
-                    part = partial(_load_with_gap, url, keys[0], model, plan, name, lambda _: None)
-                else:
-                    part = partial(_mixed, url, keys, model, plan, rate)
-                runs[name] = run_part(NAME, name, part)
+                part = _baseline if name.startswith("baseline") else _mixed
+                runs[name] = run_part(NAME, name, partial(part, url, keys, model, plan, name))
     return runs
 
 
 def _pooled(runs: dict[str, Any], prefix: str) -> dict[str, Any]:
     parts = [run for name, run in runs.items() if name.startswith(prefix)]
     ttfts = [t for run in parts for t in run.get("ttfts_s", [])]
+    firsts = [t for run in parts for t in run.get("window_first_ttfts_s", []) if t is not None]
     gaps = [run["gap"] for run in parts if "gap" in run]
-    pooled: dict[str, Any] = {"ttft": p50_p99(ttfts, "ms"), "ttft_p99_s": _p99(ttfts),
-                              "errors": sum(run.get("errors", 0) for run in parts)}  # fmt: skip
+    p99s = [run["ttft_p99_s"] for run in parts if "ttft_p99_s" in run]
+    pooled: dict[str, Any] = {
+        "ttft": p50_p99(ttfts, "ms"), "ttft_p99_s": _p99(ttfts), "errors": sum(run.get("errors", 0) for run in parts),
+        "window_first_ttft_ms": [t * 1000 for t in firsts],
+        # The spread of the blocks' own p99s: how far apart two runs of the same condition came out.
+        "block_ttft_p99_ms": [p * 1000 for p in p99s],
+        "other_cores": [run["cpu"]["other_cores"] for run in parts if "cpu" in run],
+    }  # fmt: skip
     if gaps:
         seconds, lines = sum(g["seconds"] for g in gaps), sum(g["lines"] for g in gaps)
-        rate = gaps[0]["idle_rate_lines_per_s"]
-        pooled["gap"] = {"seconds": seconds, "lines": lines, "share": lines / (seconds * rate) if rate else math.nan}
+        idle_lines = sum(g["seconds"] * g["idle_rate_lines_per_s"] for g in gaps)
+        pooled["gap"] = {"seconds": seconds, "lines": lines, "idle_lines": idle_lines,
+                         "share": lines / idle_lines if idle_lines else math.nan}  # fmt: skip
     return pooled
 
 
