@@ -10,7 +10,8 @@ a calibration schedule through the cluster (single requests at idle, bursts of s
 concurrent streams); the trace. Every request is sent by a process of its own (benchmarks/_trace_player.py).
 The simulator is then given the profile calibrated in the cluster (`calibrate`) and, for comparison, the engine
 profile alone with only the idle overhead (the model before calibration). `--from-json FILE` redoes the
-simulations and the comparison from a results file's measurements, without the cluster.
+simulations and the comparison from a run's measurements (benchmarks/results/simulator_fidelity-measurements.json),
+without the cluster.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ AZURE = PROJECT_ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv
 _MAX_OUTPUT, _MAX_PROMPT_WORDS = 48, 200
 _BATCHES = (1, 4, 16, 32, 64, 128)  # the trace reaches ~100 running requests a replica
 CALIBRATION_POOL = "calibration"
+MEASUREMENTS = RESULTS_DIR / f"{NAME}-measurements.json"
 
 
 def _config(pool_name: str = "main") -> SurgeConfig:
@@ -206,25 +208,25 @@ def _report(clock: RunClock, raw: dict[str, Any], rate_scale: float) -> tuple[di
           result.pop("_points_calibrated"))
     ratio = float(result["ratio"])
     data = {**clock.header(), "rate_scale": rate_scale, **result, "goal": {"within": [0.75, 1.33]},
-            "png": str(png.relative_to(PROJECT_ROOT)), "measurements": raw}  # fmt: skip
+            "png": str(png.relative_to(PROJECT_ROOT)),
+            "measurements": str(MEASUREMENTS.relative_to(PROJECT_ROOT))}  # fmt: skip
     return data, ratio
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = quick_parser(__doc__, "45 s of the trace instead of 120 s (the second replica may not serve in time)")
-    parser.add_argument("--from-json", default=None, help="redo the simulations from this results file")
+    parser.add_argument("--from-json", default=None, help="redo the simulations from this measurements file")
     args = parser.parse_args(argv)
     # Rate x6 (~30 req/s on the Azure hour's first minutes): enough concurrency to need a second replica.
     # 120 s: the second replica's cold start in the loaded cluster is ~70 s (twice the engine's alone).
     duration_s, rate_scale = (45.0, 6.0) if args.quick else (120.0, 6.0)
+    clock = RunClock(NAME, args.quick)
     if args.from_json:
-        old = json.loads(Path(args.from_json).read_text())
-        clock = RunClock(NAME, old.get("mode") == "quick")
-        raw = old["measurements"]
+        raw = json.loads(Path(args.from_json).read_text())
     else:
-        clock = RunClock(NAME, args.quick)
         raw = _measure(_config(), _arrivals(duration_s, rate_scale), RESULTS_DIR / f"{NAME}-profile.json")
-        write_results(NAME, {**clock.header(), "measurements": raw})  # kept if the analysis below fails
+        # Every request of the run, compact and apart from the summary (kept if the analysis below fails).
+        MEASUREMENTS.write_text(json.dumps(raw) + "\n")
     data, ratio = _report(clock, raw, rate_scale)
     write_results(NAME, data)
     print(final_line(NAME, "simulated/measured TTFT p90", ratio, "<=", 1.33))
