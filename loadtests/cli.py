@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cv", type=float, default=1.0, help="gamma arrivals: CV of the gaps (> 1: bursty)")
     run.add_argument("--stream-fraction", type=float, default=0.9)
     run.add_argument("--max-tokens", type=int, default=64)
+    run.add_argument("--ignore-eos", action="store_true", help="answers of exactly --max-tokens tokens")
     run.add_argument("--max-turns", type=int, help="turns per conversation at most (default: all)")
     run.add_argument("--max-users", type=int, default=256)
     run.add_argument("--seed", type=int, default=0)
@@ -89,7 +90,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         "slo_file": str(Path(args.slo).resolve()) if args.slo else None, "prometheus": args.prometheus,
         "compress": args.compress, "rate_rps": args.rate, "rate_scale": args.rate_scale,
         "duration_s": args.duration, "process": args.arrivals, "cv": args.cv,
-        "stream_fraction": args.stream_fraction, "max_tokens": args.max_tokens, "max_turns": args.max_turns,
+        "stream_fraction": args.stream_fraction, "max_tokens": args.max_tokens,
+        "ignore_eos": args.ignore_eos, "max_turns": args.max_turns,
         "max_users": args.max_users,
         "seed": args.seed,
     }

@@ -17,7 +17,7 @@ from locust import events
 from loadtests.report import RunLog, build_report, write_run
 from loadtests.shapes import OpenLoopShape, shape_class
 from loadtests.spec import RunSpec
-from loadtests.users import CustomerUser
+from loadtests.users import LLM_REQUEST_TYPE, CustomerUser
 
 __all__ = ["CustomerUser", "Shape"]
 
@@ -38,6 +38,22 @@ def _run_log(shape: OpenLoopShape, users_max: int) -> RunLog:
         notes=[f"{shape.in_flight} requests still in flight after the drain time were not recorded"]
         if shape.in_flight else [],
     )
+
+
+@events.init.add_listener
+def _http_only_aggregate(environment: Any, **_: Any) -> None:
+    """Locust's Aggregated row (its totals, failure ratio and web UI charts) counts the HTTP requests alone: the
+    LLM rows measure those requests (one ITL event per token) and would swamp it."""
+    stats = environment.stats
+    log_request = stats.log_request
+
+    def log(method: str, name: str, response_time: float, content_length: int) -> None:
+        if method == LLM_REQUEST_TYPE:
+            stats.entries[(name, method)].log(response_time, content_length)
+        else:
+            log_request(method, name, response_time, content_length)
+
+    stats.log_request = log
 
 
 @events.quitting.add_listener

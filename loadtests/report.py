@@ -161,8 +161,7 @@ def print_tail(out: Path) -> int:
         print(f"loadtests: no report in {out} (see Locust's output above)", flush=True)
         return 1
     rates = summary["rates"]
-    print(f"rate: target {rates['target_rps']:.3g}/s, offered {rates['offered_rps']:.3g}/s, "
-          f"achieved {rates['achieved_rps']:.3g}/s")
+    print(f"rate: {_rate_line(rates)}")
     if rates["warning"]:
         print(f"WARNING: {rates['warning']}")
     print(f"report: {out.resolve() / 'report.html'}")
@@ -170,6 +169,14 @@ def print_tail(out: Path) -> int:
         print(Verdict(**v).line())
     print(f"verdict: {summary['verdict'].upper()}", flush=True)
     return int(summary["exit_code"])
+
+
+def _rate_line(rates: dict[str, Any]) -> str:
+    """Target, offered (the arrivals drawn, off the target by chance) and achieved (sent on time) rates."""
+    spread = f" (a random draw: +-{rates['poisson_rel_sd']:.0%} expected)" if rates["poisson_rel_sd"] else ""
+    ratio = f" ({rates['achieved_vs_offered']:.0%} of offered)" if rates["achieved_vs_offered"] is not None else ""
+    return (f"target {rates['target_rps']:.3g}/s, offered {rates['offered_rps']:.3g}/s{spread}, "
+            f"achieved {rates['achieved_rps']:.3g}/s{ratio}")
 
 
 def _table(rows: list[list[Any]], head: list[str]) -> str:
@@ -194,8 +201,8 @@ def _html(summary: dict[str, Any], verdicts: list[Verdict], plots: list[str]) ->
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}
 .warn{{color:#b00}}img{{max-width:100%}}</style></head><body>
 <h1>surge load test ({html.escape(str(summary['scenario']))}): {summary['verdict'].upper()}</h1>
-<p>Target {html.escape(str(summary['host']))}. Rate: target {rates['target_rps']:.3g}/s, offered
-{rates['offered_rps']:.3g}/s, achieved {rates['achieved_rps']:.3g}/s; goodput {summary['goodput_rps']:.3g}/s;
+<p>Target {html.escape(str(summary['host']))}. Rate: {html.escape(_rate_line(rates))};
+goodput {summary['goodput_rps']:.3g}/s;
 {summary['requests']['total']} requests, by status {html.escape(json.dumps(summary['requests']['by_status']))}.</p>
 {warn}{prom}<h2>SLOs</h2>{_table(slo_rows, ["verdict", "SLO", "measured", "goal"])}
 <h2>Per tier (seconds)</h2>{_table(tier_rows, ["tier", "requests", "ok", "TTFT p50", "TTFT p99", "ITL p50",

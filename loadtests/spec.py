@@ -58,6 +58,7 @@ class RunSpec(BaseModel):
     keys: dict[str, str] = Field(default_factory=dict, repr=False)  # tier -> API key, resolved by the CLI
     stream_fraction: float = Field(0.9, ge=0, le=1)
     max_tokens: int = Field(64, ge=1)
+    ignore_eos: bool = False  # every answer exactly max_tokens long, as benchmark clients ask (trace rows always do)
     max_turns: int | None = Field(None, ge=1)  # cut conversations short (1: first turns only, fixed prompt sizes)
     max_prompt_tokens: int = Field(640, ge=16)  # trace rows are clamped to the model's context
     max_output_tokens: int = Field(256, ge=1)

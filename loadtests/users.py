@@ -86,7 +86,8 @@ class CustomerUser(HttpUser):
             if self.dialogue is None or self.dialogue.done or self.dialogue.turn >= (self._spec.max_turns or 99):
                 self._new_dialogue()
             assert self.dialogue is not None
-            messages, max_tokens, ignore_eos = self.dialogue.next_messages(), self._spec.max_tokens, False
+            messages, max_tokens = self.dialogue.next_messages(), self._spec.max_tokens
+            ignore_eos = self._spec.ignore_eos
         stream = self.rng.random() < self._spec.stream_fraction
         record = RequestRecord(due_s=arrival.t_s, sent_s=shape.now_s(), tier=self.tier, stream=stream,
                                topic=self.dialogue.topic, turn=self.dialogue.turn)

@@ -82,6 +82,8 @@ def test_llm_rows_have_their_own_request_type_and_leave_http_rows_alone(steady_r
     assert {"TTFT free", "ITL free", "TPOT pro", "E2E pro", "output tok/s free"} <= names
     itl_events = sum(int(r["Request Count"]) for r in rows if r["Type"] == "LLM" and r["Name"].startswith("ITL"))
     assert itl_events == sum(len(r.itl_s) for r in steady_run.records)
+    (total,) = [r for r in rows if r["Name"] == "Aggregated"]
+    assert int(total["Request Count"]) == len(steady_run.records)  # HTTP requests only, not the LLM events
 
 
 def test_achieved_rate_matches_the_schedule_when_the_generator_keeps_up(steady_run: LoadRun) -> None:
