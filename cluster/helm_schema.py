@@ -175,6 +175,7 @@ def _service_properties() -> dict[str, Any]:
         "postgres": _obj(
             {"enabled": {"type": "boolean"}, "existingSecret": _string(), "secretKey": _string(minLength=1)}
         ),
+        "batchFiles": _batch_files(),
         "haproxy": _obj(
             {
                 "wrapperPath": _string(minLength=1),
@@ -189,6 +190,23 @@ def _service_properties() -> dict[str, Any]:
         ),
         "podDisruptionBudget": _obj({"enabled": {"type": "boolean"}, "maxUnavailable": _int(0)}),
     }
+
+
+def _batch_files() -> dict[str, Any]:
+    """The Batch API's files volume: an existing claim, or one the chart creates."""
+    modes = {"enum": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]}
+    return _obj(
+        {
+            "enabled": {"type": "boolean"},
+            "existingClaim": _string(),
+            # null: the cluster's default StorageClass; "": none (a pre-bound volume).
+            "storageClassName": {"type": ["string", "null"]},
+            "size": _K8S_QUANTITY,
+            "accessModes": {"type": "array", "items": modes, "minItems": 1, "uniqueItems": True},
+            "keepOnUninstall": {"type": "boolean"},
+            "annotations": _OBJECT,
+        }
+    )
 
 
 def _monitoring_properties() -> dict[str, Any]:

@@ -309,3 +309,54 @@ def test_the_old_clusters_deletion_delay_follows_the_request_timeout_unless_set(
     assert delay({"surge": {"server": {"request_timeout_s": 90.5}, "pools": pools}}) == 91
     assert delay({"rayClusterDeletionDelaySeconds": 45}) == 45
     assert delay({"rayClusterDeletionDelaySeconds": 0}) == 0
+
+
+def _batch_files_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(claim, mount path) of the `batch-files` volume in each Ray container."""
+    cluster = service["spec"]["rayClusterConfig"]
+    found = []
+    for pod in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+        spec = pod["template"]["spec"]
+        claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in spec["volumes"]}
+        for container in spec["containers"]:
+            for mount in container["volumeMounts"]:
+                if mount["name"] == "batch-files":
+                    found.append((claims["batch-files"], mount["mountPath"]))
+    return found
+
+
+def test_batch_files_claim_is_mounted_at_files_dir_in_every_ray_container() -> None:
+    objs = render_variant("postgres")
+    (claim,) = _find(objs, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == "surge-batch-files"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs-rwx"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
+    keep = {"helm.sh/resource-policy": "keep", "backup.example.com/schedule": "daily"}
+    assert claim["metadata"]["annotations"] == keep
+    (service,) = _find(objs, "RayService")
+    config = config_from_mapping(yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["config"])
+    assert config.batch.files_dir == "/data/surge/batch-files"
+    # The head and every worker: the ingress and the batch runner may land on any Ray pod.
+    wanted = [("surge-batch-files", config.batch.files_dir)] * len(_containers(service))
+    assert _batch_files_mounts(service) == wanted
+
+
+def test_an_existing_batch_files_claim_is_mounted_and_none_created() -> None:
+    objs = render_variant("multi-pool-tp4")
+    assert not _find(objs, "PersistentVolumeClaim")
+    (service,) = _find(objs, "RayService")
+    mounts = _batch_files_mounts(service)
+    assert mounts == [("surge-batch-files-rwx", "/var/lib/surge/batch-files")] * len(_containers(service))
+
+
+def test_no_batch_files_volume_without_the_batch_api_or_with_the_volume_off() -> None:
+    from tests.helm_render import objects, render
+
+    for values in ({"surge": {"batch": {"enabled": False}}}, {"batchFiles": {"enabled": False}}):
+        objs = objects(render(values))
+        assert not _find(objs, "PersistentVolumeClaim"), values
+        (service,) = _find(objs, "RayService")
+        assert _batch_files_mounts(service) == [], values
+    (claim,) = _find(render_variant("default"), "PersistentVolumeClaim")
+    assert "storageClassName" not in claim["spec"]  # null: the cluster's default class

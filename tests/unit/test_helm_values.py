@@ -281,3 +281,37 @@ def test_a_serve_host_other_than_every_interface_is_refused() -> None:
     # The app's own default (127.0.0.1, for a laptop) would leave the pods unreachable.
     message = _rejection({"surge": {"server": {"host": "127.0.0.1"}, "pools": [POOL]}})
     assert "surge.server.host is 127.0.0.1: in a pod Serve must listen on every interface" in message
+
+
+def test_a_relative_batch_files_dir_is_refused_with_the_volume() -> None:
+    message = _rejection({"surge": {"batch": {"files_dir": ".cache/surge-files"}}})
+    assert 'surge.batch.files_dir is ".cache/surge-files": with batchFiles.enabled it is the volume' in message
+    assert "must be absolute" in message
+    # Without the chart's volume the app resolves it against its project root, as on a laptop.
+    assert render({"batchFiles": {"enabled": False}, "surge": {"batch": {"files_dir": ".cache/surge-files"}}})
+
+
+def test_a_batch_files_dir_colliding_with_another_mount_is_refused() -> None:
+    message = _rejection({"surge": {"batch": {"files_dir": "/tmp/ray/files"}}})
+    assert "surge.batch.files_dir /tmp/ray/files collides with the mount /tmp/ray (the chart's Ray logs)" in message
+    mounts = [{"name": "models", "mountPath": "/models"}]
+    for files_dir in ("/models", "/models/batch/", "/"):
+        message = _rejection({"extraVolumeMounts": mounts, "surge": {"batch": {"files_dir": files_dir}}})
+        assert "collides with the mount" in message, files_dir
+    assert 'collides with the mount /models (extraVolumeMounts "models")' in _rejection(
+        {"extraVolumeMounts": mounts, "surge": {"batch": {"files_dir": "/models/batch"}}}
+    )
+    assert render({"extraVolumeMounts": mounts, "surge": {"batch": {"files_dir": "/models-batch"}}})
+
+
+def test_a_batch_files_dir_over_the_images_own_directories_is_refused() -> None:
+    message = _rejection({"surge": {"batch": {"files_dir": "/opt"}}})
+    assert "surge.batch.files_dir /opt would hide the image's /opt/surge" in message
+
+
+def test_batch_files_volume_values_are_checked() -> None:
+    assert 'extraVolumes: "batch-files" is a volume of the chart\'s own' in _rejection(
+        {"extraVolumes": [{"name": "batch-files", "emptyDir": {}}]}
+    )
+    assert "/batchFiles/accessModes/0" in _rejection({"batchFiles": {"accessModes": ["ReadWriteSometimes"]}})
+    assert "additional properties 'storageClass' not allowed" in _rejection({"batchFiles": {"storageClass": "nfs"}})

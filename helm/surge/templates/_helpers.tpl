@@ -161,6 +161,11 @@ app.kubernetes.io/part-of: surge
     sizeLimit: {{ .Values.shmSize }}
 - name: ray-logs
   emptyDir: {}
+{{- if include "surge.batchFilesOn" . }}
+- name: batch-files
+  persistentVolumeClaim:
+    claimName: {{ include "surge.batchFilesClaim" . }}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -171,8 +176,52 @@ app.kubernetes.io/part-of: surge
   mountPath: /dev/shm
 - name: ray-logs
   mountPath: /tmp/ray
+{{- if include "surge.batchFilesOn" . }}
+- name: batch-files
+  mountPath: {{ include "surge.batchFilesDir" . }}
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the Batch API's files get the chart's volume: batchFiles on and the Batch API on. */}}
+{{- define "surge.batchFilesOn" -}}
+{{- if and .Values.batchFiles.enabled (dig "batch" "enabled" true .Values.surge) }}true{{ end }}
+{{- end }}
+
+{{- define "surge.batchFilesDir" -}}
+{{- dig "batch" "files_dir" ".cache/surge-files" .Values.surge | clean }}
+{{- end }}
+
+{{- define "surge.batchFilesClaim" -}}
+{{- .Values.batchFiles.existingClaim | default (printf "%s-batch-files" (include "surge.fullname" .)) }}
+{{- end }}
+
+{{/* The files volume's mount path: absolute (the app would resolve a relative one inside the image, off the
+     volume), and clear of every other mount and of the image's own directories (neither equal, nor one inside
+     the other: a mount over /opt/surge would hide the app; one inside a read-only volume cannot be made). */}}
+{{- define "surge.validateBatchFiles" -}}
+{{- if include "surge.batchFilesOn" . }}
+{{- $dir := include "surge.batchFilesDir" . }}
+{{- if not (isAbs $dir) }}
+{{- fail (printf "surge.batch.files_dir is %q: with batchFiles.enabled it is the volume's mount path and must be absolute (e.g. /var/lib/surge/batch-files)" $dir) }}
+{{- end }}
+{{- $others := list (list "/dev/shm" "the chart's shm") (list "/tmp/ray" "the chart's Ray logs") (list "/etc/surge" "the chart's surge config") }}
+{{- range .Values.extraVolumeMounts }}
+{{- $others = append $others (list (clean .mountPath) (printf "extraVolumeMounts %q" .name)) }}
+{{- end }}
+{{- range $others }}
+{{- $path := index . 0 }}
+{{- if or (eq $path $dir) (hasPrefix (printf "%s/" (trimSuffix "/" $path)) $dir) (hasPrefix (printf "%s/" (trimSuffix "/" $dir)) $path) }}
+{{- fail (printf "surge.batch.files_dir %s collides with the mount %s (%s): the Batch API's files volume needs a path of its own, neither another mount's nor one inside or above it" $dir $path (index . 1)) }}
+{{- end }}
+{{- end }}
+{{- range list "/opt/surge" "/home/ray" "/usr" "/etc" "/var" "/bin" "/lib" "/dev" "/proc" "/sys" }}
+{{- if or (eq . $dir) (hasPrefix (printf "%s/" (trimSuffix "/" $dir)) .) }}
+{{- fail (printf "surge.batch.files_dir %s would hide the image's %s under the Batch API's files volume: pick a directory of its own (e.g. /var/lib/surge/batch-files)" $dir .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -241,6 +290,7 @@ volumes:
 {{- end }}
 {{- end }}
 {{- include "surge.validatePods" . }}
+{{- include "surge.validateBatchFiles" . }}
 {{- $host := dig "server" "host" "127.0.0.1" .Values.surge }}
 {{- if not (has $host (list "0.0.0.0" "::")) }}
 {{- fail (printf "surge.server.host is %s: in a pod Serve must listen on every interface (0.0.0.0), where the Serve Service and the operator's health probe reach it" $host) }}
@@ -283,7 +333,7 @@ volumes:
 {{- end }}
 {{- end }}
 {{- range .Values.extraVolumes }}
-{{- if has .name (list "dshm" "ray-logs" "surge-config") }}
+{{- if has .name (list "dshm" "ray-logs" "surge-config" "batch-files") }}
 {{- fail (printf "extraVolumes: %q is a volume of the chart's own; pick another name" .name) }}
 {{- end }}
 {{- end }}
