@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ __all__ = ["APP_NAME", "Mode", "RayServeLLM", "child_env", "mode_env", "ray_serv
 
 Mode = Literal["default", "haproxy"]
 APP_NAME = "ray-serve-llm"
+_RUNNING = b"ray-serve-llm: running"  # the child's line once serve.run returned: every deployment RUNNING
 _STOP_GRACE_S = 60.0  # Serve's graceful shutdown takes ~35 s in the HAProxy mode (a 30 s drain)
 
 
@@ -98,6 +100,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=10)
 
 
+def _wait_running(log_path: Path, timeout_s: float, alive: Callable[[], None]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _RUNNING not in log_path.read_bytes():
+        alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the app did not reach RUNNING within {timeout_s:g} s")
+        time.sleep(0.5)
+
+
 @contextmanager
 def ray_serve_llm(
     pool: PoolConfig, mode: Mode, server: ServerConfig, num_cpus: int | None, startup_timeout_s: float
@@ -117,7 +128,9 @@ def ray_serve_llm(
                 raise RuntimeError(f"exited with status {process.returncode} before it served")
 
         try:
+            # /v1/models answers from the ingress's static model cards while the engine still loads.
             wait_ready(target.url, startup_timeout_s, path="/v1/models", check_alive=alive)
+            _wait_running(log_path, startup_timeout_s, alive)
             yield target.url, None
         except Exception as exc:
             raise RuntimeError(f"Ray Serve LLM ({mode}) failed: {exc}; its output is in {log_path}") from exc
@@ -143,7 +156,7 @@ def _serve(request: dict[str, Any]) -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": request["port"]})
         serve.run(build_openai_app(request["serving_args"]), name=APP_NAME, route_prefix="/")
-        print("ray-serve-llm: running", flush=True)
+        print(_RUNNING.decode(), flush=True)
         stopping.wait()
         serve.shutdown()
     finally:
