@@ -72,6 +72,29 @@ def render_variant(variant: str) -> list[dict[str, Any]]:
     return copy.deepcopy(_rendered(variant))
 
 
+
+def find_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The rendered objects of one kind."""
+    return [o for o in objs if o["kind"] == kind]
+
+
+def rayservice(variant: str) -> dict[str, Any]:
+    """A variant's one RayService."""
+    (service,) = find_kind(render_variant(variant), "RayService")
+    return service
+
+
+def serve_config(variant: str) -> dict[str, Any]:
+    """A variant's rendered `serveConfigV2`, parsed."""
+    return dict(yaml.safe_load(rayservice(variant)["spec"]["serveConfigV2"]))
+
+
+def containers(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container of a RayService's head and worker groups."""
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+    return [c for pod in pods for c in pod["template"]["spec"]["containers"]]
+
 def chart_copy(tmp_path: Path, files: dict[str, str]) -> Path:
     """A copy of the chart with `files/` holding exactly `files` (name → text)."""
     chart = tmp_path / "surge"

@@ -15,28 +15,20 @@ import yaml
 from cluster.config import SurgeConfig
 from cluster.config.mapping import config_from_mapping
 from tests.crd_schema import CRDS_DIR, crd_schemas, strict_errors
-from tests.helm_render import CHART_DIR, KUBE_VERSION, VARIANTS, lint_problems, render_variant, variant_values
+from tests.helm_render import (
+    CHART_DIR,
+    KUBE_VERSION,
+    VARIANTS,
+    containers,
+    find_kind,
+    lint_problems,
+    rayservice,
+    render_variant,
+    serve_config,
+    variant_values,
+)
 
 CUSTOM = {"ray.io/v1", "monitoring.coreos.com/v1"}
-
-
-def _find(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objs if o["kind"] == kind]
-
-
-def _rayservice(variant: str) -> dict[str, Any]:
-    (service,) = _find(render_variant(variant), "RayService")
-    return service
-
-
-def _serve_config(variant: str) -> dict[str, Any]:
-    return dict(yaml.safe_load(_rayservice(variant)["spec"]["serveConfigV2"]))
-
-
-def _containers(service: dict[str, Any]) -> list[dict[str, Any]]:
-    cluster = service["spec"]["rayClusterConfig"]
-    pods = [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
-    return [c for pod in pods for c in pod["template"]["spec"]["containers"]]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def test_builtin_kinds_pass_kubernetes_validate_strict(variant: str) -> None:
 
 
 def test_kubernetes_validate_strict_rejects_an_undeclared_field() -> None:
-    (policy,) = _find(render_variant("default"), "NetworkPolicy")
+    (policy,) = find_kind(render_variant("default"), "NetworkPolicy")
     policy["spec"]["ingres"] = []
     with pytest.raises(kubernetes_validate.ValidationError, match="ingres"):
         kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
@@ -76,7 +68,7 @@ def test_custom_resources_conform_strictly_to_the_upstream_crds(variant: str, cr
 
 
 def test_strict_crd_validation_rejects_an_undeclared_field(crds: dict[Any, Any]) -> None:
-    service = _rayservice("default")
+    service = rayservice("default")
     schema = crds[("ray.io/v1", "RayService")]
     service["spec"]["rayClusterConfig"]["headGroupSpec"]["replicas"] = 1
     service["spec"]["upgradeStrategy"]["type"] = 3
@@ -88,7 +80,7 @@ def test_strict_crd_validation_rejects_an_undeclared_field(crds: dict[Any, Any])
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_serve_config_is_the_surge_values_block_and_parses_as_the_app_parses_it(variant: str) -> None:
-    serve = _serve_config(variant)
+    serve = serve_config(variant)
     (application,) = serve["applications"]
     assert application["import_path"] == "deployments.app:app_builder"
     config = config_from_mapping(application["args"]["config"], "serveConfigV2")
@@ -106,7 +98,7 @@ def test_serve_config_names_exactly_the_deployments_the_app_builds(variant: str)
 
     from deployments.app import build_app
 
-    (application,) = _serve_config(variant)["applications"]
+    (application,) = serve_config(variant)["applications"]
     config = config_from_mapping(application["args"]["config"], "serveConfigV2")
     built: set[str] = set()
 
@@ -126,7 +118,7 @@ def test_serve_config_names_exactly_the_deployments_the_app_builds(variant: str)
 def test_serve_config_declares_only_what_ray_serve_knows(variant: str) -> None:
     from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
 
-    serve = _serve_config(variant)
+    serve = serve_config(variant)
     ServeDeploySchema.model_validate(serve)  # what the dashboard's PUT /api/serve/applications/ parses
     # Serve's schema ignores unknown keys: an option it does not declare would silently never take effect.
     assert set(serve) <= set(ServeDeploySchema.model_fields)
@@ -137,7 +129,7 @@ def test_serve_config_declares_only_what_ray_serve_knows(variant: str) -> None:
 
 
 def test_deployment_overrides_reach_serve_config() -> None:
-    (application,) = _serve_config("multi-pool-tp4")["applications"]
+    (application,) = serve_config("multi-pool-tp4")["applications"]
     deployments = {d["name"]: d for d in application["deployments"]}
     assert deployments["pool-big"]["health_check_timeout_s"] == 120
     assert deployments["pool-big"]["graceful_shutdown_timeout_s"] == 600
@@ -166,7 +158,7 @@ def test_every_template_renders_in_some_variant() -> None:
 
 def test_extra_env_replaces_the_charts_entry_of_that_name() -> None:
     # `env` is a list-map in the CRD: a name listed twice would be refused by the API server.
-    for container in _containers(_rayservice("multi-pool-tp4")):
+    for container in containers(rayservice("multi-pool-tp4")):
         names = [e["name"] for e in container["env"]]
         assert len(names) == len(set(names)), container["name"]
         env = {e["name"]: e.get("value") for e in container["env"]}
@@ -181,10 +173,10 @@ def _exposes_admin(variant: str) -> bool:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_ray_container_gets_the_front_door_mode_the_config_asks_for(variant: str) -> None:
-    service = _rayservice(variant)
-    proxy = config_from_mapping(_serve_config(variant)["applications"][0]["args"]["config"]).server.proxy
+    service = rayservice(variant)
+    proxy = config_from_mapping(serve_config(variant)["applications"][0]["args"]["config"]).server.proxy
     exposed = _exposes_admin(variant) and proxy == "haproxy"
-    for container in _containers(service):
+    for container in containers(service):
         env = {e["name"]: e.get("value") for e in container["env"]}
         haproxy = env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"
         assert haproxy == (proxy == "haproxy"), container["name"]
@@ -198,34 +190,34 @@ def test_every_ray_container_gets_the_front_door_mode_the_config_asks_for(varian
 def test_haproxy_admin_listeners_are_exposed_only_when_asked() -> None:
     from tests.helm_render import objects, render
 
-    (service,) = _find(objects(render({"haproxy": {"exposeAdmin": True}})), "RayService")
-    for container in _containers(service):
+    (service,) = find_kind(objects(render({"haproxy": {"exposeAdmin": True}})), "RayService")
+    for container in containers(service):
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["SURGE_HAPROXY_ADMIN_HOST"] == "0.0.0.0"
         assert {"haproxy-stats", "haproxy-metrics"} <= {p["name"] for p in container["ports"]}
-    (monitor,) = _find(render_variant("multi-pool-tp4"), "PodMonitor")
+    (monitor,) = find_kind(render_variant("multi-pool-tp4"), "PodMonitor")
     assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics", "haproxy-metrics"]
     # Without HAProxy (Serve's standard proxy) there is nothing to expose.
-    (standard,) = _find(render_variant("monitoring-off"), "RayService")
-    assert all("haproxy-metrics" not in {p["name"] for p in c["ports"]} for c in _containers(standard))
+    (standard,) = find_kind(render_variant("monitoring-off"), "RayService")
+    assert all("haproxy-metrics" not in {p["name"] for p in c["ports"]} for c in containers(standard))
 
 
 def test_metrics_port_is_the_configs_export_port() -> None:
     from tests.helm_render import objects, render
 
     objs = objects(render({"surge": {"observability": {"metrics": {"export_port": 9090}}}}))
-    (service,) = _find(objs, "RayService")
+    (service,) = find_kind(objs, "RayService")
     cluster = service["spec"]["rayClusterConfig"]
     for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         assert group["rayStartParams"]["metrics-export-port"] == "9090"
-    for container in _containers(service):
+    for container in containers(service):
         assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
-    (policy,) = _find(objs, "NetworkPolicy")
+    (policy,) = find_kind(objs, "NetworkPolicy")
     assert any({"port": 9090, "protocol": "TCP"} in rule.get("ports", []) for rule in policy["spec"]["ingress"])
 
 
 def test_gpu_worker_groups_take_their_gpus_and_tp_pools_their_own_group() -> None:
-    groups = {g["groupName"]: g for g in _rayservice("multi-pool-tp4")["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    groups = {g["groupName"]: g for g in rayservice("multi-pool-tp4")["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
     assert set(groups) == {"gpu-tp4", "gpu-small"}
     limits = {name: g["template"]["spec"]["containers"][0]["resources"]["limits"] for name, g in groups.items()}
     assert limits["gpu-tp4"]["nvidia.com/gpu"] == 4
@@ -235,10 +227,10 @@ def test_gpu_worker_groups_take_their_gpus_and_tp_pools_their_own_group() -> Non
 
 
 def test_autoscaling_on_by_default_and_off_pins_each_group() -> None:
-    on = _rayservice("default")["spec"]["rayClusterConfig"]
+    on = rayservice("default")["spec"]["rayClusterConfig"]
     assert on["enableInTreeAutoscaling"] is True
     assert on["autoscalerOptions"]["upscalingMode"] == "Default"
-    off = _rayservice("autoscaling-off")["spec"]["rayClusterConfig"]
+    off = rayservice("autoscaling-off")["spec"]["rayClusterConfig"]
     assert off["enableInTreeAutoscaling"] is False
     assert "autoscalerOptions" not in off
     (group,) = off["workerGroupSpecs"]
@@ -246,7 +238,7 @@ def test_autoscaling_on_by_default_and_off_pins_each_group() -> None:
 
 
 def test_upgrades_build_a_new_cluster_behind_the_serve_service() -> None:
-    spec = _rayservice("default")["spec"]
+    spec = rayservice("default")["spec"]
     assert spec["upgradeStrategy"] == {"type": "NewCluster"}
     # The old cluster outlives the switch by the longest a request may run, so no stream in flight is cut.
     timeout_s = config_from_mapping(yaml.safe_load(spec["serveConfigV2"])["applications"][0]["args"]["config"])
@@ -256,19 +248,19 @@ def test_upgrades_build_a_new_cluster_behind_the_serve_service() -> None:
 
 
 def test_postgres_dsn_comes_from_the_secret_never_the_values() -> None:
-    for container in _containers(_rayservice("postgres")):
+    for container in containers(rayservice("postgres")):
         (dsn,) = [e for e in container["env"] if e["name"] == "SURGE_ADMISSION__KEY_STORE_DSN"]
         assert dsn == {
             "name": "SURGE_ADMISSION__KEY_STORE_DSN",
             "valueFrom": {"secretKeyRef": {"name": "surge-postgres", "key": "dsn"}},
         }
     assert "postgresql://" not in yaml.safe_dump(render_variant("postgres"))
-    (ingress,) = _find(render_variant("postgres"), "Ingress")
+    (ingress,) = find_kind(render_variant("postgres"), "Ingress")
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "surge-serve"
 
 
 def test_network_policy_lets_the_operator_probe_serve_when_serving_is_restricted() -> None:
-    (policy,) = _find(render_variant("postgres"), "NetworkPolicy")
+    (policy,) = find_kind(render_variant("postgres"), "NetworkPolicy")
     rules = policy["spec"]["ingress"]
     (operator,) = [r for r in rules if r.get("from") and {"port": 8265, "protocol": "TCP"} in r.get("ports", [])]
     assert {"port": 8000, "protocol": "TCP"} in operator["ports"]
@@ -281,8 +273,8 @@ def test_rules_and_dashboard_follow_the_files_in_the_chart() -> None:
     objs = render_variant("default")
     has_rules = (CHART_DIR / "files" / "surge-rules.yaml").is_file()
     has_dashboard = (CHART_DIR / "files" / "surge-dashboard.json").is_file()
-    assert bool(_find(objs, "PrometheusRule")) == has_rules
-    assert any(o["metadata"]["name"] == "surge-dashboard" for o in _find(objs, "ConfigMap")) == has_dashboard
+    assert bool(find_kind(objs, "PrometheusRule")) == has_rules
+    assert any(o["metadata"]["name"] == "surge-dashboard" for o in find_kind(objs, "ConfigMap")) == has_dashboard
 
 
 def test_monitoring_off_renders_no_monitoring_objects() -> None:
@@ -293,7 +285,7 @@ def test_monitoring_off_renders_no_monitoring_objects() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_images_are_pinned(variant: str) -> None:
-    for container in _containers(_rayservice(variant)):
+    for container in containers(rayservice(variant)):
         name, _, tag = container["image"].rpartition(":")
         assert name and "/" not in tag and tag not in ("", "latest"), container["image"]
 
@@ -302,7 +294,7 @@ def test_the_old_clusters_deletion_delay_follows_the_request_timeout_unless_set(
     from tests.helm_render import objects, render
 
     def delay(values: dict[str, Any]) -> Any:
-        (service,) = _find(objects(render(values)), "RayService")
+        (service,) = find_kind(objects(render(values)), "RayService")
         return service["spec"]["rayClusterDeletionDelaySeconds"]
 
     pools = [{"name": "main", "model": "/m"}]
@@ -327,27 +319,27 @@ def _batch_files_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
 
 def test_batch_files_claim_is_mounted_at_files_dir_in_every_ray_container() -> None:
     objs = render_variant("postgres")
-    (claim,) = _find(objs, "PersistentVolumeClaim")
+    (claim,) = find_kind(objs, "PersistentVolumeClaim")
     assert claim["metadata"]["name"] == "surge-batch-files"
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     assert claim["spec"]["storageClassName"] == "nfs-rwx"
     assert claim["spec"]["resources"]["requests"]["storage"] == "200Gi"
     keep = {"helm.sh/resource-policy": "keep", "backup.example.com/schedule": "daily"}
     assert claim["metadata"]["annotations"] == keep
-    (service,) = _find(objs, "RayService")
+    (service,) = find_kind(objs, "RayService")
     config = config_from_mapping(yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["config"])
     assert config.batch.files_dir == "/data/surge/batch-files"
     # The head and every worker: the ingress and the batch runner may land on any Ray pod.
-    wanted = [("surge-batch-files", config.batch.files_dir)] * len(_containers(service))
+    wanted = [("surge-batch-files", config.batch.files_dir)] * len(containers(service))
     assert _batch_files_mounts(service) == wanted
 
 
 def test_an_existing_batch_files_claim_is_mounted_and_none_created() -> None:
     objs = render_variant("multi-pool-tp4")
-    assert not _find(objs, "PersistentVolumeClaim")
-    (service,) = _find(objs, "RayService")
+    assert not find_kind(objs, "PersistentVolumeClaim")
+    (service,) = find_kind(objs, "RayService")
     mounts = _batch_files_mounts(service)
-    assert mounts == [("surge-batch-files-rwx", "/var/lib/surge/batch-files")] * len(_containers(service))
+    assert mounts == [("surge-batch-files-rwx", "/var/lib/surge/batch-files")] * len(containers(service))
 
 
 def test_no_batch_files_volume_without_the_batch_api_or_with_the_volume_off() -> None:
@@ -355,8 +347,8 @@ def test_no_batch_files_volume_without_the_batch_api_or_with_the_volume_off() ->
 
     for values in ({"surge": {"batch": {"enabled": False}}}, {"batchFiles": {"enabled": False}}):
         objs = objects(render(values))
-        assert not _find(objs, "PersistentVolumeClaim"), values
-        (service,) = _find(objs, "RayService")
+        assert not find_kind(objs, "PersistentVolumeClaim"), values
+        (service,) = find_kind(objs, "RayService")
         assert _batch_files_mounts(service) == [], values
-    (claim,) = _find(render_variant("default"), "PersistentVolumeClaim")
+    (claim,) = find_kind(render_variant("default"), "PersistentVolumeClaim")
     assert "storageClassName" not in claim["spec"]  # null: the cluster's default class
