@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     "cluster/config": {"cluster.config"},
     "deployments": {"cluster.config", "cluster.env", "cluster.placement", "deployments"},
-    "autoscaling": {"cluster.config", "autoscaling", "deployments"},
+    "autoscaling": {"cluster.config", "cluster.env", "autoscaling", "deployments"},
 }
 OWN = ("cluster", "deployments", "autoscaling", "loadtests", "benchmarks")
 
