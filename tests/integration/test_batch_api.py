@@ -39,8 +39,8 @@ def _submit(client: openai.OpenAI, data: bytes) -> Any:
     return client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
 
 
-def _wait(client: openai.OpenAI, batch_id: str, until: Any) -> Any:
-    deadline = time.monotonic() + _BOUND_S
+def _wait(client: openai.OpenAI, batch_id: str, until: Any, bound_s: float = _BOUND_S) -> Any:
+    deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
         batch = client.batches.retrieve(batch_id)
         if until(batch):

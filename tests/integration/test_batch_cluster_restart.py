@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import openai
 import pytest
 
 from cluster.config import PROJECT_ROOT, load_config
 from cluster.serving import free_port
-from tests.integration.test_make_run import kill_session, session_left_after
+from tests.integration.test_batch_api import _client, _lines, _wait
+from tests.integration.test_make_run import kill_session, run_env, session_left_after
 
 pytestmark = pytest.mark.slow
 _LINES = 120
@@ -27,18 +25,7 @@ _BOUND_S = 900  # an outer bound only: the test waits on the run's banner and th
 
 def _env(tmp_path: Path, port: int) -> dict[str, str]:
     """One cluster's environment; the state that must survive (keys, batches, files) lives under tmp_path."""
-    return {
-        **os.environ,
-        "SURGE_SERVER__PORT": str(port),
-        "SURGE_ADMISSION__KEY_STORE_DSN": f"sqlite:///{tmp_path / 'keys.db'}",
-        "SURGE_BATCH__FILES_DIR": str(tmp_path / "files"),
-        "SURGE_DEV_KEY_FILE": str(tmp_path / "dev-api-key"),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-        "SURGE_OBSERVABILITY__METRICS__EXPORT_PORT": str(free_port()),
-    }
+    return run_env(tmp_path, port) | {"SURGE_BATCH__FILES_DIR": str(tmp_path / "files")}
 
 
 def _start(tmp_path: Path, log: Path) -> tuple[subprocess.Popen[str], str, str]:
@@ -54,29 +41,11 @@ def _start(tmp_path: Path, log: Path) -> tuple[subprocess.Popen[str], str, str]:
     return proc, f"http://127.0.0.1:{port}", key.group(1)
 
 
-def _client(url: str, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
-
-
-def _wait(client: openai.OpenAI, batch_id: str, until: Any) -> Any:
-    deadline = time.monotonic() + _BOUND_S
-    while time.monotonic() < deadline:
-        batch = client.batches.retrieve(batch_id)
-        if until(batch):
-            return batch
-        time.sleep(0.2)
-    raise AssertionError(f"batch {batch_id} never got there: {batch}")
-
-
 def _jsonl(model: str) -> bytes:
     lines = [{"custom_id": f"crash-{i}", "method": "POST", "url": "/v1/chat/completions",
               "body": {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": f"record {i}"}]}}
              for i in range(_LINES)]  # fmt: skip
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
-
-
-def _lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
-    return [] if file_id is None else [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
 
 
 def test_a_whole_cluster_killed_mid_batch_answers_every_line_exactly_once_after_restart(tmp_path: Path) -> None:
@@ -86,14 +55,14 @@ def test_a_whole_cluster_killed_mid_batch_answers_every_line_exactly_once_after_
         file = client.files.create(file=("in.jsonl", io.BytesIO(_jsonl(load_config().pools[0].model_id))),
                                    purpose="batch")  # fmt: skip
         batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
-        before = _wait(client, batch.id, lambda b: b.request_counts.completed >= 5).request_counts.completed
+        before = _wait(client, batch.id, lambda b: b.request_counts.completed >= 5, _BOUND_S).request_counts.completed
     finally:
         kill_session(first.pid)  # every process of the cluster at once: no shutdown of any kind
     assert session_left_after(first.pid, timeout_s=30) == {}
     second, url, key = _start(tmp_path, tmp_path / "second.log")
     try:
         client = _client(url, key)
-        done = _wait(client, batch.id, lambda b: b.status in ("completed", "failed", "expired", "cancelled"))
+        done = _wait(client, batch.id, lambda b: b.status in ("completed", "failed", "expired", "cancelled"), _BOUND_S)
         lines = _lines(client, done.output_file_id) + _lines(client, done.error_file_id)
     finally:
         kill_session(second.pid)

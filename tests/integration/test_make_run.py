@@ -46,7 +46,8 @@ def kill_session(sid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _env(tmp_path: Path, port: int) -> dict[str, str]:
+def run_env(tmp_path: Path, port: int) -> dict[str, str]:
+    """A `cluster.run` of its own: its port, key store, dev key file and Ray's side ports, apart from the session's."""
     return {
         **os.environ,
         "SURGE_SERVER__PORT": str(port),
@@ -83,8 +84,8 @@ def _server_pid(run_pid: int) -> int:
 def _start_run(tmp_path: Path, port: int, log: Path) -> subprocess.Popen[str]:
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=_env(tmp_path, port), start_new_session=True,
-            stdout=out, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=run_env(tmp_path, port),
+            start_new_session=True, stdout=out, stderr=subprocess.STDOUT, text=True,
         )
 
 
@@ -144,7 +145,7 @@ def test_run_names_the_process_that_holds_its_port(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=_env(tmp_path, port),
+            [sys.executable, "-m", "cluster.run"], cwd=PROJECT_ROOT, env=run_env(tmp_path, port),
             capture_output=True, text=True, timeout=300,
         )
     assert done.returncode == 2
