@@ -18,7 +18,7 @@ from cluster.config import BatchConfig, RouteConfig, RoutingConfig
 from deployments import observability
 from deployments.engines.base import GenerationBatch, GenerationChunk, GenerationRequest
 from deployments.errors import DeadlineExceeded, ServiceUnavailable, SurgeError
-from deployments.failures import as_surge_error
+from deployments.failures import as_surge_error, pool_health
 from deployments.routing import RoutingDecision, backoff_delay_s, may_retry
 from deployments.traffic_router import RouteClient
 
@@ -157,9 +157,7 @@ class Dispatcher:
             raise DeadlineExceeded(f"no response within {self._timeout_s:g} s") from None
         except Exception as exc:
             err = as_surge_error(exc)
-            # Client errors say nothing about the pool's health; overload is handled by fallback, not the breaker.
-            healthy = None if err.status < 500 or err.code == "overloaded" else False
-            self._routes.finished(pool, healthy)
+            self._routes.finished(pool, pool_health(err))  # a lost replica is retried, not held against its pool
             _cancel(awaitable, cancel, pool)
             raise err from None
 

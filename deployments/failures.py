@@ -8,10 +8,12 @@ from typing import Any
 
 from deployments.errors import BadRequest, ServiceUnavailable, SurgeError
 
-__all__ = ["as_surge_error", "validation_error"]
+__all__ = ["REPLICA_LOST", "as_surge_error", "pool_health", "validation_error"]
 
 logger = logging.getLogger("surge.errors")
 _RETRY_AFTER = {"Retry-After": "1"}
+# The error code of a call whose replica went away under it (killed, its node lost): that one replica's failure.
+REPLICA_LOST = "replica_lost"
 
 
 def as_surge_error(exc: BaseException) -> SurgeError:
@@ -26,12 +28,27 @@ def as_surge_error(exc: BaseException) -> SurgeError:
         return exc
     if isinstance(exc, serve_exc.BackPressureError):
         return ServiceUnavailable("the model pool is at capacity; retry shortly", headers=_RETRY_AFTER)
-    if isinstance(exc, serve_exc.DeploymentUnavailableError | ray_exc.RayActorError | ray_exc.ActorDiedError):
+    if isinstance(exc, ray_exc.RayActorError | serve_exc.ReplicaUnavailableError):  # ActorDiedError included
+        return ServiceUnavailable(
+            "the model replica serving this request was lost; retry shortly", code=REPLICA_LOST, headers=_RETRY_AFTER
+        )
+    if isinstance(exc, serve_exc.DeploymentUnavailableError):
         return ServiceUnavailable(
             "the model pool is unavailable; retry shortly", code="model_unavailable", headers=_RETRY_AFTER
         )
     logger.error("unexpected error on a request path", exc_info=exc)
     return SurgeError("internal server error")
+
+
+def pool_health(err: SurgeError) -> bool | None:
+    """What a failed call says about its pool, for the pool's circuit breaker: `False` a pool failure, `None`
+    nothing. A client error says nothing; overload is handled by fallback and shedding; a lost replica is one
+    replica's failure, which Serve's request router drops and its controller replaces while the retry goes to a
+    live replica. A pool with no replica left still opens its breaker: its calls time out, or Serve answers
+    DeploymentUnavailableError."""
+    if err.status < 500 or err.code in ("overloaded", REPLICA_LOST):
+        return None
+    return False
 
 
 def validation_error(errors: Sequence[Any]) -> BadRequest:

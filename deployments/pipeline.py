@@ -22,7 +22,7 @@ from deployments.admission.gate import AdmissionGate, Tenant, prompt_token_bound
 from deployments.dispatch import Dispatched, Dispatcher
 from deployments.engines.base import GenerationChunk, GenerationRequest, Prompt
 from deployments.errors import ModelNotFound, ServiceUnavailable, SurgeError
-from deployments.failures import as_surge_error
+from deployments.failures import as_surge_error, pool_health
 from deployments.protocol import ResponseShape, sse
 from deployments.protocol.common import SamplingFields
 from deployments.routing.prefix import prefix_key
@@ -235,7 +235,7 @@ async def _sse_events(
         raise
     except Exception as exc:
         err = as_surge_error(exc)
-        ok = False
+        ok = pool_health(err)  # a stream cut by its lost replica is not held against the pool either
         observability.stream_failed(err.status, err.code)
         logger.warning("stream %s failed after its first token: %s", shape.response_id, err.message)
         yield sse(err.body())
