@@ -10,7 +10,10 @@ small shared host, so `calibrate` measures each of those parts through the clust
   loops): fitted so the simulated bursts of simultaneous requests queue as the measured ones do;
 * the cold start as the cluster sees it: from the policy's scale-up decision to the new replica serving, which
   adds Ray's actor start and a slower engine load (it shares the cores with the serving replica) to the
-  engine's construction alone.
+  engine's construction alone;
+* the host model (autoscaling/sim_host.py, constants from autoscaling/host_calibration.py): the cluster's idle
+  CPU, an engine's cores while it runs, the serving path's CPU per request and the CPU a start needs, so the
+  simulated engines slow down when the serving path and a starting replica take the host's cores.
 
 `compare` then simulates the measured trace with the calibrated profile and with the engine profile alone (plus
 its idle overhead: the model before calibration) and lines each part up with the measurement.
@@ -26,6 +29,7 @@ from typing import Any
 
 from ray.serve.config import AutoscalingConfig
 
+from autoscaling.host_calibration import HostSamples, Window
 from autoscaling.profiles import EngineProfile
 from autoscaling.simulator import PolicySetup, SimResult, simulate
 from autoscaling.traces import Arrival, TierMix
@@ -60,6 +64,9 @@ class Measured:
     replicas: list[tuple[float, int]]  # (s since the trace started, serving replicas)
     decisions: list[dict[str, Any]]  # the policy's decisions, t_s since the trace started
     client_cpu_cores: float
+    host: HostSamples | None = None  # the cluster's CPU by process (runs before the host model: None)
+    calibration_origin_unix_s: float = 0.0
+    trace_origin_unix_s: float = 0.0
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Measured:
@@ -70,6 +77,9 @@ class Measured:
             trace=[_request(r) for r in raw["trace"]["records"] if r["error"] is None],
             replicas=[(float(t), int(n)) for t, n in raw["replicas_timeline"]],
             decisions=list(raw["decisions"]), client_cpu_cores=float(raw["trace"]["client_cpu_cores"]),
+            host=HostSamples(raw["host_cpu"]) if "host_cpu" in raw else None,
+            calibration_origin_unix_s=float(raw["calibration"]["start_unix_s"]),
+            trace_origin_unix_s=float(raw["trace"]["start_unix_s"]),
         )  # fmt: skip
 
     def labelled(self, label: str) -> list[MeasuredRequest]:
@@ -81,6 +91,12 @@ class Measured:
     def second_replica_s(self) -> float | None:
         """When the measured pool first served on more than one replica."""
         return next((t for t, n in self.replicas if n > 1), None)
+
+    def window(self, requests: Sequence[MeasuredRequest]) -> Window:
+        """From the first request's send to the last one's end, in wall time (calibration requests)."""
+        origin = self.calibration_origin_unix_s
+        return Window(origin + min(r.t_s for r in requests), origin + max(r.t_s + r.latency_s for r in requests),
+                      len(requests))  # fmt: skip
 
     def first_scale_up_s(self) -> float | None:
         ups = [float(d["t_s"]) for d in self.decisions if int(d["replicas"]) > int(d["from"])]
@@ -141,9 +157,22 @@ def _sim_ttfts(result: SimResult) -> list[float]:
     return [r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None]
 
 
-def _burst_error(profile: EngineProfile, bursts: Sequence[MeasuredRequest]) -> float:
-    result = simulate(_as_arrivals(bursts), profile, _fixed_pool(), end_s=0.0)
-    return (statistics.mean(_sim_ttfts(result)) - statistics.mean(r.ttft_s or 0.0 for r in bursts)) ** 2
+def _serial_error(profile: EngineProfile, groups: Sequence[Sequence[MeasuredRequest]]) -> float:
+    """Squared relative error of the groups' simulated mean TTFT (each group simulated on its own)."""
+    error = 0.0
+    for group in groups:
+        result = simulate(_as_arrivals(group), profile, _fixed_pool(), end_s=0.0)
+        want = statistics.mean(r.ttft_s or 0.0 for r in group)
+        error += ((statistics.mean(_sim_ttfts(result)) - want) / max(want, 1e-9)) ** 2
+    return error
+
+
+def _simultaneous(measured: Measured) -> list[list[MeasuredRequest]]:
+    """The phases of simultaneous arrivals: the bursts, and the batches of 64 streams and more (as many at once
+    as the trace runs; a fit on the 6-request bursts alone queued 128 at once 3x too long)."""
+    batches = [f"batch{b}" for b in sorted({int(r.label[5:]) for r in measured.calibration
+                                            if r.label.startswith("batch")}) if b >= 64]  # fmt: skip
+    return [g for g in [measured.labelled("burst"), *(measured.labelled(b) for b in batches)] if g]
 
 
 def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: int) -> Calibration:
@@ -152,17 +181,17 @@ def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: i
     singles = measured.labelled("single")
     engine_only = dataclasses.replace(engine, request_overhead_s=_idle_overhead_s(engine, singles))
     steps = _cluster_steps(measured) or engine.decode_step_s
-    # One host's CPUs run every replica here: the steps measured with one replica stretch with the host's batch.
-    profile = dataclasses.replace(engine, decode_step_s=steps, shared_host=True)
+    profile = dataclasses.replace(engine, decode_step_s=steps)
     profile = dataclasses.replace(profile, request_overhead_s=_idle_overhead_s(profile, singles))
-    bursts = measured.labelled("burst")
-    if bursts:
-        errors = {s: _burst_error(dataclasses.replace(profile, serial_s_per_request=s), bursts)
-                  for s in _SERVICE_GRID_S}  # fmt: skip
-        profile = dataclasses.replace(profile, serial_s_per_request=min(errors, key=lambda s: errors[s]))
     up_s, ready_s = measured.first_scale_up_s(), measured.second_replica_s()
     if up_s is not None and ready_s is not None and ready_s > up_s:
         profile = dataclasses.replace(profile, cold_start_s=ready_s - up_s)
+    profile, host_parts = _host_model(profile, engine, measured)
+    groups = _simultaneous(measured)
+    if groups:
+        errors = {s: _serial_error(dataclasses.replace(profile, serial_s_per_request=s), groups)
+                  for s in _SERVICE_GRID_S}  # fmt: skip
+        profile = dataclasses.replace(profile, serial_s_per_request=min(errors, key=lambda s: errors[s]))
     parts = {
         "decode_step_s": {"engine_alone": engine.decode_step_s, "in_cluster": profile.decode_step_s},
         "idle_overhead_s": {"against_engine_alone": engine_only.request_overhead_s,
@@ -170,8 +199,35 @@ def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: i
         "serial_s_per_request": profile.serial_s_per_request,
         "cold_start_s": {"engine_alone": engine.cold_start_s, "in_cluster": profile.cold_start_s,
                          "scale_up_decision_s": up_s, "second_replica_serving_s": ready_s},
+        "host": host_parts,
     }  # fmt: skip
     return Calibration(profile, engine_only, parts)
+
+
+def _host_model(profile: EngineProfile, engine: EngineProfile,
+                measured: Measured) -> tuple[EngineProfile, dict[str, Any]]:  # fmt: skip
+    """The host model's constants measured in the run (autoscaling/host_calibration.py); off without samples."""
+    host = measured.host
+    if host is None or engine.host_cores <= 0:
+        return profile, {"modelled": False}
+    labels = sorted({r.label for r in measured.calibration})
+    per_request_s = host.serving_cpu_s_per_request([measured.window(measured.labelled(x)) for x in labels])
+    engine_cores = host.engine_cores([measured.window(measured.labelled(x)) for x in labels
+                                      if x.startswith("batch") and int(x[5:]) >= 16])  # fmt: skip
+    up_s, ready_s = measured.first_scale_up_s(), measured.second_replica_s()
+    cold_cpu_s = 0.0
+    if up_s is not None and ready_s is not None and ready_s > up_s:
+        origin = measured.trace_origin_unix_s
+        cold_cpu_s = host.cold_start_cpu_s(origin + up_s, origin + ready_s)
+    profile = dataclasses.replace(
+        profile, host_cores=host.cores, idle_cores=host.idle_cores(), engine_cores=engine_cores,
+        serving_cpu_s_per_request=per_request_s, cold_start_cpu_s=cold_cpu_s or engine.cold_start_cpu_s,
+        cold_start_cores=engine.cold_start_cores,
+    )  # fmt: skip
+    return profile, {"modelled": True, "host_cores": host.cores, "idle_cores": profile.idle_cores,
+                     "engine_cores": engine_cores, "serving_cpu_s_per_request": per_request_s,
+                     "cold_start_cpu_s": {"engine_alone": engine.cold_start_cpu_s, "in_cluster": cold_cpu_s},
+                     "cold_start_cores_engine_alone": engine.cold_start_cores}  # fmt: skip
 
 
 def _summary(ttfts: Sequence[float]) -> dict[str, float]:
@@ -201,6 +257,8 @@ def compare(cal: Calibration, measured: Measured, make_setup: Callable[[], Polic
     with the engine profile alone; the ratios and the parts, lined up."""
     arrivals = _as_arrivals(measured.trace)
     calibrated, alone = simulate(arrivals, cal.profile, make_setup()), simulate(arrivals, cal.engine_only, make_setup())
+    # The same calibration with the host's CPU not modelled: what the host model adds.
+    no_host = simulate(arrivals, dataclasses.replace(cal.profile, host_cores=0.0), make_setup())
     measured_ttfts = [v for _, v in measured.ttft_points()]
     split = measured.second_replica_s()
 
@@ -214,6 +272,8 @@ def compare(cal: Calibration, measured: Measured, make_setup: Callable[[], Polic
         "simulated_engine_alone_ttft_s": _summary(_sim_ttfts(alone)),
         "ratio": percentile(_sim_ttfts(calibrated), 0.9) / p90,
         "ratio_engine_alone": percentile(_sim_ttfts(alone), 0.9) / p90,
+        "ratio_without_host_model": percentile(_sim_ttfts(no_host), 0.9) / p90,
+        "second_replica_serving_s": {"measured": split, "simulated": _second_replica_s(calibrated)},
         "ttft_by_phase": {"measured": _phase_ttfts(measured.ttft_points(), split),
                           "simulated": _phase_ttfts(points(calibrated), split),
                           "simulated_engine_alone": _phase_ttfts(points(alone), split)},
@@ -227,6 +287,11 @@ def compare(cal: Calibration, measured: Measured, make_setup: Callable[[], Polic
         "_timeline_calibrated": calibrated.timeline, "_timeline_engine_only": alone.timeline,
         "_points_calibrated": points(calibrated),
     }  # fmt: skip
+
+
+def _second_replica_s(result: SimResult) -> float | None:
+    """When the simulated pool first served on two replicas (the timeline's 5 s resolution)."""
+    return next((float(p["t_s"]) for p in result.timeline if p["replicas"] > 1), None)
 
 
 def _sim_tpot(request: Any) -> float | None:

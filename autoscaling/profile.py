@@ -65,14 +65,31 @@ async def _prefill(engine: Engine, limit: int) -> tuple[float, float]:
     return per_token, max(0.0, ttft_short - per_token * short_len)
 
 
+def _cpu_s() -> float:
+    """CPU seconds used so far by this process and its children (the engine core and its workers)."""
+    import psutil
+
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + (times.children_user + times.children_system if proc is me else 0.0)
+    return total
+
+
 async def measure(pool: PoolConfig) -> EngineProfile:
     from deployments.model_replica import vllm_engine
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_s()
     engine = vllm_engine(pool)
     try:
         await _stream_s(engine, engine.tokenize(TextPrompt("warm up")), 2)  # as ModelReplica._warm_up
         cold_start_s = time.perf_counter() - start
+        cold_start_cpu_s = _cpu_s() - cpu_start
         steps = [(b, await _decode_step_s(engine, b)) for b in _BATCHES]
         per_token, base = await _prefill(engine, engine.max_model_len // 2)
     finally:
@@ -81,9 +98,13 @@ async def measure(pool: PoolConfig) -> EngineProfile:
     return EngineProfile(
         name="local-vllm-cpu", decode_step_s=steps, prefill_s_per_token=per_token, prefill_base_s=base,
         max_num_seqs=max_num_seqs, max_ongoing_requests=pool.max_ongoing_requests, cold_start_s=cold_start_s,
-        gpus_per_replica=1.0, shared_host=True,
+        gpus_per_replica=1.0, host_cores=float(os.cpu_count() or 1),
+        cold_start_cpu_s=cold_start_cpu_s, cold_start_cores=cold_start_cpu_s / cold_start_s,
         source=f"measured by `python -m autoscaling.profile` on this machine ({pool.model})",
         notes={"cold_start_s": "engine construction + warm-up request; excludes Ray actor start-up",
+               "cold_start_cpu_s": "CPU seconds of this process and the engine's processes over the cold start; "
+                                   "cold_start_cores: that over its wall time (the cores a start takes)",
+               "serving_cpu": "the serving path's CPU is measured through the cluster (autoscaling/fidelity.py)",
                "gpus_per_replica": "a CPU replica counts as one unit, so gpu_hours reads as replica-hours"},
     )  # fmt: skip
 
@@ -103,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(profile.to_json() + "\n")
     steps = ", ".join(f"{b}: {t * 1000:.1f} ms" for b, t in profile.decode_step_s)
-    print(f"profile: cold start {profile.cold_start_s:.1f} s; decode step {steps}; "
-          f"prefill {profile.prefill_s_per_token * 1e6:.0f} us/token -> {args.out}")  # fmt: skip
+    print(f"profile: cold start {profile.cold_start_s:.1f} s ({profile.cold_start_cores:.2f} cores); "
+          f"decode step {steps}; prefill {profile.prefill_s_per_token * 1e6:.0f} us/token -> {args.out}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,11 +36,17 @@ class EngineProfile:
     # loops on a shared host): simultaneous arrivals queue for it. 0 for the GPU profiles (many ingress
     # replicas on their own CPUs); fitted on bursts in the local cluster (autoscaling/fidelity.py).
     serial_s_per_request: float = 0.0
-    # Replicas that share one host's CPUs (the local CPU profile: every engine and serving process on 2 cores):
-    # the host's throughput is the bottleneck, so each replica's decode step takes as long as one replica's
-    # step for the host's whole running batch (measured: two replicas at 32 running each step as slowly as one
-    # at 64, benchmarks/results/simulator_fidelity.json). False for GPU replicas, each on its own device.
-    shared_host: bool = False
+    # The host model (autoscaling/sim_host.py): replicas and the serving path sharing one host's CPUs, as in the
+    # local profile (2 cores for every engine, HAProxy, the ingress, the routers and Ray). All 0 for the GPU
+    # profiles: each replica has its device and the serving path CPUs the engines do not use, so the host is
+    # not the bottleneck and is not modelled. Measured by `python -m autoscaling.profile` (host_cores, the cold
+    # start's CPU) and through the cluster by benchmarks/simulator_fidelity.py (autoscaling/fidelity.py).
+    host_cores: float = 0.0  # 0: the host is not modelled
+    idle_cores: float = 0.0  # the cluster's own CPU with nothing to serve (Ray's daemons, the Serve controller)
+    engine_cores: float = 0.0  # cores an engine takes while it has sequences running
+    serving_cpu_s_per_request: float = 0.0  # CPU of a request's way through the serving path (its tokens included)
+    cold_start_cpu_s: float = 0.0  # CPU a starting replica needs until it serves (0: cold_start_s of wall time)
+    cold_start_cores: float = 0.0  # the cores a start takes while it has them (cold_start_cpu_s / its wall alone)
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -66,6 +72,8 @@ class EngineProfile:
 def profile_from_dict(data: dict[str, object]) -> EngineProfile:
     """A profile from its JSON object (as `EngineProfile.to_json` writes it)."""
     data = dict(data)
+    for legacy in ("shared_host", "replica_cores"):  # replaced by the host model (profiles written before it)
+        data.pop(legacy, None)
     steps = [(int(b), float(t)) for b, t in data.pop("decode_step_s")]  # type: ignore[attr-defined]
     return EngineProfile(decode_step_s=sorted(steps), **data)  # type: ignore[arg-type]
 

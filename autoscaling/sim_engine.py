@@ -57,8 +57,10 @@ class SimReplica:
     next_event_s: float | None = None
     version: int = 0
     ttfts: deque[tuple[float, float]] = field(default_factory=deque)
-    # The running batch of every replica on this one's host, itself included (profile.shared_host).
-    host_batch: Callable[[], int] | None = None
+    # The host's CPU share now (autoscaling/sim_host.py): steps and prefills take 1/speed as long; 1 when the
+    # host is not modelled.
+    host_speed: Callable[[], float] | None = None
+    load_cpu_left_s: float = 0.0  # a start's CPU still to do (host model); it serves once that reaches 0
     _segment: _Segment | None = None
 
     @property
@@ -121,20 +123,29 @@ class SimReplica:
         fresh = [r for r in self.running if not r.prefilled]
         for request in fresh:
             request.prefilled = True
-        prefill_s = self.profile.prefill_s(sum(r.arrival.prompt_tokens for r in fresh))
-        step_s = self.profile.step_s(self._step_batch())
+        # The host's share read when a segment is planned, i.e. at each of this replica's arrivals and
+        # completions; a change elsewhere between two of them is seen at the next.
+        speed = self.host_speed() if self.host_speed is not None else 1.0
+        prefill_s = self.profile.prefill_s(sum(r.arrival.prompt_tokens for r in fresh)) / speed
+        step_s = self.profile.step_s(len(self.running)) / speed
         steps = min(r.remaining for r in self.running)
         self._segment = _Segment(now_s, prefill_s, step_s, steps)
         self.next_event_s = now_s + prefill_s + steps * step_s
         self.version += 1
 
-    def _step_batch(self) -> int:
-        """The batch whose step time this replica's step takes: its own, or on a shared host the host's whole
-        batch (read when a segment is planned, i.e. at each of this replica's arrivals and completions; a
-        neighbour's change between two of them is seen at the next)."""
-        if self.profile.shared_host and self.host_batch is not None:
-            return max(len(self.running), self.host_batch())
-        return len(self.running)
+    def load(self, now_s: float, dt_s: float, cores: float) -> bool:
+        """Advance a start by `dt_s` at `cores`; True once it has finished (then it serves from `ready_at_s`,
+        within this interval). Until then `ready_at_s` is the estimate at the current rate."""
+        if self.load_cpu_left_s <= 0:
+            return False
+        rate = max(cores, 1e-9)
+        if self.load_cpu_left_s <= rate * dt_s:
+            self.ready_at_s = now_s + self.load_cpu_left_s / rate
+            self.load_cpu_left_s = 0.0
+            return True
+        self.load_cpu_left_s -= rate * dt_s
+        self.ready_at_s = now_s + dt_s + self.load_cpu_left_s / rate
+        return False
 
     def recent_ttft_s(self, now_s: float) -> float:
         while self.ttfts and self.ttfts[0][0] < now_s - _TTFT_WINDOW_S:

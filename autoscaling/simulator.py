@@ -22,6 +22,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from autoscaling.profiles import EngineProfile
 from autoscaling.sim_engine import SimReplica, SimRequest
+from autoscaling.sim_host import HostCpu
 from autoscaling.traces import Arrival
 from cluster.config import ShedConfig
 from deployments.admission.capacity import PoolCapacity
@@ -78,15 +79,28 @@ class _Pool:
         self.policy_state: dict[str, Any] = {}
         self.ttft_ewma_s: float | None = None
         self.last_shed_s = -1e18
+        self.host = HostCpu(profile)
+        self.now_s = 0.0
 
     def start_replica(self, now_s: float, warm: bool) -> SimReplica:
-        ready = now_s if warm else now_s + self.profile.cold_start_s
-        replica = SimReplica(f"r{next(self.names)}", self.profile, ready, host_batch=self.host_batch)
+        p = self.profile
+        # On a modelled host a start is CPU work that competes with serving; otherwise a fixed wall time.
+        by_cpu = not warm and self.host.modelled and p.cold_start_cpu_s > 0 and p.cold_start_cores > 0
+        ready = now_s if warm else now_s + (p.cold_start_cpu_s / p.cold_start_cores if by_cpu else p.cold_start_s)
+        replica = SimReplica(f"r{next(self.names)}", p, ready, host_speed=self.host_speed,
+                             load_cpu_left_s=p.cold_start_cpu_s if by_cpu else 0.0)  # fmt: skip
         self.replicas.append(replica)
         return replica
 
-    def host_batch(self) -> int:
-        return sum(len(r.running) for r in self.replicas)
+    def host_speed(self) -> float:
+        loading = sum(1 for r in self.replicas if r.load_cpu_left_s > 0)
+        return self.host.speed(self.now_s, (len(r.running) for r in self.replicas), loading)
+
+    def advance_starts(self, dt_s: float) -> list[SimReplica]:
+        """Starts on a modelled host progress by the cores they get over the next `dt_s`; those that finish."""
+        speed = self.host_speed()
+        cores = self.profile.cold_start_cores * speed
+        return [r for r in self.replicas if r.load_cpu_left_s > 0 and r.load(self.now_s, dt_s, cores)]
 
     def ready(self, now_s: float) -> list[SimReplica]:
         return [r for r in self.replicas if not r.draining and r.ready_at_s <= now_s]
@@ -164,17 +178,19 @@ def _tick(pool: _Pool, wrapped: Callable[[Any], tuple[int, dict[str, Any]]], now
             "reason": str(pool.policy_state.get("surge_reason", pool.policy_state.get("kpa_mode", "")))}  # fmt: skip
 
 
-def _through_serving_path(arrivals: list[Arrival], profile: EngineProfile) -> list[float]:
-    """When each request reaches the pool: its arrival plus the serving path's idle delay (TTFT counts it),
-    plus its wait for the path's one-at-a-time work, so simultaneous arrivals reach the pool spread out, as a
-    burst does through the ingress's and the replica's event loops (measured: autoscaling/fidelity.py)."""
-    free_s = -1e18
-    reach = []
-    for arrival in arrivals:
-        wait_s = max(0.0, free_s - arrival.t_s)
-        free_s = max(free_s, arrival.t_s) + profile.serial_s_per_request
-        reach.append(arrival.t_s + wait_s + profile.request_overhead_s)
-    return reach
+class _ServingPath:
+    """The way to the pool: the serving path's idle delay (TTFT counts it) plus the wait for its one-at-a-time
+    work, so simultaneous arrivals reach the pool spread out, as a burst does through the ingress's and the
+    replica's event loops (measured: autoscaling/fidelity.py). On a modelled host both take 1/speed as long."""
+
+    def __init__(self, profile: EngineProfile) -> None:
+        self.profile = profile
+        self.free_s = -1e18
+
+    def reach_s(self, now_s: float, speed: float) -> float:
+        wait_s = max(0.0, self.free_s - now_s)
+        self.free_s = max(self.free_s, now_s) + self.profile.serial_s_per_request / speed
+        return now_s + wait_s + self.profile.request_overhead_s / speed
 
 
 class _Run:
@@ -183,6 +199,7 @@ class _Run:
     def __init__(self, arrivals: list[Arrival], profile: EngineProfile, setup: PolicySetup) -> None:
         self.arrivals, self.profile, self.setup = arrivals, profile, setup
         self.pool = _Pool(setup, profile)
+        self.path = _ServingPath(profile)
         self.heap: list[tuple[float, int, str, Any, int]] = []
         self.counter = itertools.count()
         self.now_s = 0.0
@@ -250,13 +267,15 @@ class _Run:
             waiting = sum(len(r.waiting) for r in pool.replicas)
             self.timeline.append({"t_s": self.now_s, "replicas": len(pool.ready(self.now_s)),
                                   "target": pool.target, "queue": len(pool.handle_queue) + waiting})  # fmt: skip
+        for replica in pool.advance_starts(_TICK_S):
+            self.push(replica.ready_at_s, "ready", replica)
         self.ticks += 1
 
     def run(self, end_s: float) -> SimResult:
         for _ in range(self.pool.target):
             self.pool.start_replica(0.0, warm=True)
-        for i, reach_s in enumerate(_through_serving_path(self.arrivals, self.profile)):
-            self.push(reach_s, "arrival", i)
+        for i, arrival in enumerate(self.arrivals):
+            self.push(arrival.t_s, "sent", i)
         self.push(0.0, "tick")
         wrapped = serve_policy._apply_autoscaling_config(self.setup.policy)
         last_s = 0.0
@@ -265,8 +284,11 @@ class _Run:
                 t_s, _, kind, obj, version = heapq.heappop(self.heap)
                 self.gpu_s += (t_s - last_s) * len(self.pool.replicas) * self.profile.gpus_per_replica
                 self.max_replicas = max(self.max_replicas, len(self.pool.replicas))
-                self.now_s = last_s = t_s
-                if kind == "arrival":
+                self.now_s = self.pool.now_s = last_s = t_s
+                if kind == "sent":
+                    self.pool.host.note_request(t_s)
+                    self.push(self.path.reach_s(t_s, self.pool.host_speed()), "arrival", obj)
+                elif kind == "arrival":
                     self.arrive(obj)
                 elif kind == "replica" and version == obj.version:
                     self.settle(obj)

@@ -35,6 +35,7 @@ from autoscaling.profiles import profile_from_dict
 from autoscaling.simulator import PolicySetup
 from autoscaling.traces import Arrival, load_trace
 from benchmarks._common import RESULTS_DIR, RunClock, final_line, quick_parser, write_results
+from benchmarks._cpu_sampler import CpuSampler
 from benchmarks._trace_player import play_schedule
 from cluster.config import PROJECT_ROOT, PoolAutoscalingConfig, SurgeConfig, load_config
 from cluster.serving import free_port, isolate_serve_ports, serving, wait_ready
@@ -48,6 +49,7 @@ _MAX_OUTPUT, _MAX_PROMPT_WORDS = 48, 200
 _BATCHES = (1, 4, 16, 32, 64, 128)  # the trace reaches ~100 running requests a replica
 CALIBRATION_POOL = "calibration"
 MEASUREMENTS = RESULTS_DIR / f"{NAME}-measurements.json"
+_IDLE_S = 8.0
 
 
 def _config(pool_name: str = "main") -> SurgeConfig:
@@ -137,10 +139,13 @@ def _measure(config: SurgeConfig, arrivals: list[Arrival], profile_path: Path) -
     deployment = pool_deployment_name(pool)
     schedule, labels = calibration_schedule(arrivals)
     trace = [(a.t_s, a.prompt_tokens, a.output_tokens) for a in arrivals]
-    with tempfile.TemporaryDirectory() as tmp, serving(config) as url:
+    cpu = CpuSampler()
+    with tempfile.TemporaryDirectory() as tmp, serving(config) as url, cpu:
         wait_ready(url)
         for model in (pool.model_id, calib.model_id):  # first-call paths
             play_schedule(url, model, [(0.0, 8, 4), (0.5, 8, 4)], Path(tmp) / "warm.json")
+        idle = (time.time(), time.time() + _IDLE_S)  # the cluster's own CPU with nothing to serve
+        time.sleep(_IDLE_S)
         calibration = play_schedule(url, calib.model_id, schedule, Path(tmp) / "calibration.json")
         with _Sampler(deployment) as sampler:
             played = play_schedule(url, pool.model_id, trace, Path(tmp) / "trace.json")
@@ -149,6 +154,7 @@ def _measure(config: SurgeConfig, arrivals: list[Arrival], profile_path: Path) -
         decisions = read_decisions(deployment)
     origin = played["start_unix_s"]
     return {
+        "host_cpu": {**cpu.to_json(), "idle_window_unix_s": idle},
         "calibration": {"labels": labels, **calibration},
         "trace": played,
         "replicas_timeline": [(t - origin, n) for t, n in sampler.samples],

@@ -66,18 +66,3 @@ def test_the_idle_overhead_is_what_the_engine_does_not_explain() -> None:
     cal = calibrate(ENGINE, measured(burst_ttfts(ENGINE)), 64)
     # singles: TTFT 0.05 s = prefill base 0.005 + one step 0.01 (engine alone) + overhead
     assert abs(cal.engine_only.request_overhead_s - 0.035) < 1e-9
-
-
-def test_replicas_on_a_shared_host_step_as_one_replica_with_the_hosts_whole_batch() -> None:
-    steps = EngineProfile(name="host", decode_step_s=[(1, 0.01), (8, 0.08)], prefill_s_per_token=0.0,
-                          prefill_base_s=0.0, max_num_seqs=64, max_ongoing_requests=4, cold_start_s=1.0)  # fmt: skip
-    arrivals = [Arrival(0.0, 10, 50, DEFAULT_TIERS[0]) for _ in range(8)]
-    config = AutoscalingConfig(min_replicas=2, max_replicas=2, initial_replicas=2)
-    setup = PolicySetup("fixed", lambda ctx: (2, {}), config, surge_admission=False)
-
-    def done_s(profile: EngineProfile) -> float:
-        return max(r.done_s or 0.0 for r in simulate(arrivals, profile, setup, end_s=0.0).requests)
-
-    apart, shared = done_s(steps), done_s(dataclasses.replace(steps, shared_host=True))
-    # 4 running on each replica: a step of batch 4 (0.04 s) alone, of batch 8 (0.08 s) on a shared host
-    assert abs(shared / apart - 2.0) < 0.1
