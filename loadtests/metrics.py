@@ -8,10 +8,13 @@ spread over the chunks by text length, and the record says which was used.
 
 from __future__ import annotations
 
+import email.utils
+import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Chunk", "RequestRecord", "StreamTiming", "stream_timing"]
+__all__ = ["Chunk", "RequestRecord", "StreamTiming", "retry_after_s", "stream_timing"]
 
 Counting = Literal["usage", "text", "none"]
 
@@ -83,6 +86,7 @@ class RequestRecord:
     turn: int
     status: int = 0  # HTTP status; 0: no response
     error: str | None = None
+    retry_after_s: float | None = None  # a refusal's Retry-After (429/503), in seconds; None: not sent
     ttft_s: float | None = None
     e2e_s: float | None = None
     tpot_s: float | None = None
@@ -102,3 +106,24 @@ class RequestRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RequestRecord:
         return cls(**data)
+
+
+def retry_after_s(value: str | None, now_s: float | None = None) -> float | None:
+    """A Retry-After header in seconds: delay-seconds, or an HTTP-date counted from `now_s` (epoch seconds, default
+    now); None when absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None  # an HTTP-date is always GMT; a date without a zone is not one
+    return max(0.0, when.timestamp() - (time.time() if now_s is None else now_s))

@@ -118,6 +118,19 @@ def _status_counts(records: list[RequestRecord]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def _refusals(records: list[RequestRecord]) -> dict[str, dict[str, Any]]:
+    """429 and 503 answers by status: how many, how many said when to come back (Retry-After), and the range."""
+    out: dict[str, dict[str, Any]] = {}
+    for status in (429, 503):
+        refused = [r for r in records if r.status == status]
+        told = [r.retry_after_s for r in refused if r.retry_after_s is not None]
+        if refused:
+            out[str(status)] = {"count": len(refused), "with_retry_after": len(told),
+                                "retry_after_min_s": min(told, default=None),
+                                "retry_after_max_s": max(told, default=None)}  # fmt: skip
+    return out
+
+
 def _prometheus(log: RunLog) -> tuple[dict[str, PromSeries] | None, str | None]:
     url = log.spec.get("prometheus")
     if not url:
@@ -139,7 +152,8 @@ def build_report(out: Path) -> int:
         "scenario": log.spec.get("scenario"), "host": log.spec.get("host"),
         "verdict": "pass" if code == 0 else "fail", "exit_code": code,
         "rates": rate_summary(log, records),
-        "requests": {"total": len(records), "ok": sum(r.ok for r in records), "by_status": _status_counts(records)},
+        "requests": {"total": len(records), "ok": sum(r.ok for r in records), "by_status": _status_counts(records),
+                     "refusals": _refusals(records)},
         "goodput_rps": goodput_rps(records, slo, log.duration_s),
         "tiers": tier_summary(records),
         "slo": [asdict(v) for v in verdicts],
@@ -203,7 +217,8 @@ def _html(summary: dict[str, Any], verdicts: list[Verdict], plots: list[str]) ->
 <h1>surge load test ({html.escape(str(summary['scenario']))}): {summary['verdict'].upper()}</h1>
 <p>Target {html.escape(str(summary['host']))}. Rate: {html.escape(_rate_line(rates))};
 goodput {summary['goodput_rps']:.3g}/s;
-{summary['requests']['total']} requests, by status {html.escape(json.dumps(summary['requests']['by_status']))}.</p>
+{summary['requests']['total']} requests, by status {html.escape(json.dumps(summary['requests']['by_status']))};
+refusals and their Retry-After {html.escape(json.dumps(summary['requests']['refusals']))}.</p>
 {warn}{prom}<h2>SLOs</h2>{_table(slo_rows, ["verdict", "SLO", "measured", "goal"])}
 <h2>Per tier (seconds)</h2>{_table(tier_rows, ["tier", "requests", "ok", "TTFT p50", "TTFT p99", "ITL p50",
                                               "ITL p99", "TPOT p50", "tok/s p50"])}

@@ -20,7 +20,7 @@ import gevent
 from locust import HttpUser, constant, task
 
 from loadtests.conversations import Dialogue, load_script
-from loadtests.metrics import Chunk, RequestRecord, stream_timing
+from loadtests.metrics import Chunk, RequestRecord, retry_after_s, stream_timing
 from loadtests.shapes import OpenLoopShape
 from loadtests.spec import RunSpec
 
@@ -128,6 +128,7 @@ class CustomerUser(HttpUser):
         ) as resp:
             record.status = resp.status_code or 0
             if record.status != 200:
+                record.retry_after_s = retry_after_s(resp.headers.get("Retry-After"))
                 record.error = _error_message(resp)
                 resp.failure(f"{record.status}: {record.error}")
                 return None

@@ -29,15 +29,22 @@ class FakeOpenAI:
     tokens_per_chunk: int = 4
     usage_per_chunk: bool = True  # honour continuous_usage_stats (a server without it: False)
     rejected_keys: frozenset[str] = frozenset()  # these keys get a 429
+    unavailable_keys: frozenset[str] = frozenset()  # these keys get a 503
+    retry_after: str | None = None  # the Retry-After of those refusals (None: no header)
     bodies: list[dict[str, object]] = field(default_factory=list)
     url: str = ""
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
-        if request.headers.get("Authorization", "").removeprefix("Bearer ") in self.rejected_keys:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        headers = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+        if key in self.rejected_keys:
             error = {"message": "Rate limit exceeded", "type": "rate_limit_error", "param": None, "code": "rpm"}
-            return web.json_response({"error": error}, status=429)
+            return web.json_response({"error": error}, status=429, headers=headers)
+        if key in self.unavailable_keys:
+            error = {"message": "Overloaded", "type": "service_unavailable_error", "param": None, "code": "overloaded"}
+            return web.json_response({"error": error}, status=503, headers=headers)
         n, prompt = int(body.get("max_tokens") or 16), 11
         await asyncio.sleep(self.ttft_s)
         if not body.get("stream"):

@@ -107,6 +107,23 @@ def test_rate_limited_requests_fail_the_error_slo_with_exit_1(server: FakeOpenAI
     assert any(line.startswith("report: ") and line.endswith("report.html") for line in lines[-5:])
 
 
+def test_refusals_record_their_retry_after(server: FakeOpenAI, tmp_path: Path) -> None:
+    server.rejected_keys, server.unavailable_keys = frozenset({"sk-free"}), frozenset({"sk-pro"})
+    server.retry_after = "2"
+    try:
+        run = run_loadtest(tmp_path, "--scenario", "steady", "--host", server.url, "--rate", "4", "--duration", "3",
+                           "--tiers", TIERS, "--max-tokens", "8", keys=KEYS)
+    finally:
+        server.rejected_keys, server.unavailable_keys, server.retry_after = frozenset(), frozenset(), None
+    by_status = {status: [r for r in run.records if r.status == status] for status in (429, 503)}
+    assert by_status[429] and by_status[503] and len(run.records) == len(by_status[429]) + len(by_status[503])
+    assert {r.retry_after_s for r in run.records} == {2.0}
+    refusals = run.summary["requests"]["refusals"]
+    assert refusals["503"] == {"count": len(by_status[503]), "with_retry_after": len(by_status[503]),
+                               "retry_after_min_s": 2.0, "retry_after_max_s": 2.0}  # fmt: skip
+    assert refusals["429"]["with_retry_after"] == len(by_status[429])
+
+
 def test_a_server_without_usage_per_chunk_still_gets_per_token_itl(tmp_path: Path) -> None:
     with fake_openai(FakeOpenAI(chunk_gap_s=0.04, tokens_per_chunk=4, usage_per_chunk=False)) as plain:
         run = run_loadtest(tmp_path, "--scenario", "steady", "--host", plain.url, "--rate", "3", "--duration", "3",

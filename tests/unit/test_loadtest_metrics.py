@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.cli import main, parse_tiers
-from loadtests.metrics import Chunk, RequestRecord, stream_timing
+from loadtests.metrics import Chunk, RequestRecord, retry_after_s, stream_timing
 from loadtests.slo import SloFile, TierSlo, evaluate, goodput_rps, load_slo
 from loadtests.spec import UsageError, resolve_keys
 
@@ -121,3 +121,22 @@ def test_an_unknown_scenario_exits_2(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["run", "--scenario", "nope", "--host", "http://127.0.0.1:9", "--report", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_retry_after_reads_delay_seconds() -> None:
+    assert retry_after_s("1") == 1.0 and retry_after_s(" 2.5 ") == 2.5
+
+
+def test_retry_after_reads_an_http_date_from_now() -> None:
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:10 GMT", now_s=1445412480.0) == 10.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:10 GMT", now_s=1445412500.0) == 0.0  # already past
+
+
+def test_retry_after_absent_or_unreadable_is_none() -> None:
+    assert [retry_after_s(v) for v in (None, "", "soon", "nan", "Wed, 21 Oct 2015 07:28:10")] == [None] * 5
+
+
+def test_a_record_without_retry_after_still_loads() -> None:
+    data = _record(status=503).to_json()
+    del data["retry_after_s"]  # requests.jsonl written before the field
+    assert RequestRecord.from_json(data).retry_after_s is None
