@@ -37,10 +37,12 @@ from tests.integration.test_multinode import (
 )
 from tests.pg_server import fresh_database, postgres_server
 
-# Skipped in `make test` until it is reliable: in the clean-clone CI run of 2026-12-02 the replica-kill and
-# node-loss tests got 503 model_unavailable for 68-138 of 200 requests (the dispatcher retried none), where the
-# helper's own run had 199-200 ok, and the multi-node session after it lost a replica. Run it by hand with
-# SURGE_CHAOS=1 (issue 16).
+# Skipped in `make test` until it is reliable; run it by hand with SURGE_CHAOS=1 (issue 16). In the clean-clone CI
+# run of 2026-12-02 the replica-kill and node-loss tests got 503 model_unavailable for 68-138 of 200 requests: the
+# requests in flight on the lost replica opened the pool's breaker (the TP=2 route has no fallback). A lost replica
+# is now 503 replica_lost, retried and not held against its pool; three by-hand runs then passed those two tests
+# (196-199 ok, the rest streams cut after their first token with an SSE error event). One run failed the Postgres
+# test instead: the SIGTERM test's worker exited late, during it; the SIGTERM test now waits for that exit.
 pytestmark = [
     pytest.mark.multinode, pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(1500),
     pytest.mark.skipif(os.environ.get("SURGE_CHAOS") != "1", reason="unreliable in CI (issue 16): SURGE_CHAOS=1"),
@@ -166,10 +168,17 @@ def test_sigterm_to_an_ingress_replica_cuts_only_its_own_requests_and_never_sile
     assert len(lost) <= CONCURRENCY, Counter((o.status, o.broken) for o in lost)  # at most those in flight
     assert all(o.status in (0, 500) or o.broken for o in lost), Counter((o.status, o.error_code) for o in lost)
     _answers_again(chaos)
+    # Until the signalled worker has exited and been replaced: its exit can come after the load, and then it cut
+    # the next test's requests (a run of 2026-12-02: 4 broken connections in the Postgres test, none in this one).
     deadline = time.monotonic() + 300  # Serve's replacement: an outer bound only
-    while len(_actor("ServeReplica:surge:ingress")) < 2:
-        assert time.monotonic() < deadline, "the stopped ingress replica was not replaced"
+    while not _replaced(ingress[0]["ActorID"]):
+        assert time.monotonic() < deadline, "the stopped ingress replica did not exit and get replaced"
         time.sleep(0.5)
+
+
+def _replaced(ingress_actor_id: str) -> bool:
+    alive = {a["ActorID"] for a in _actor("ServeReplica:surge:ingress")}
+    return ingress_actor_id not in alive and len(alive) >= 2
 
 
 def _quota_answer(chaos: Chaos) -> httpx.Response:
