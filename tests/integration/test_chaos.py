@@ -40,7 +40,7 @@ from tests.pg_server import fresh_database, postgres_server
 # Skipped in `make test` until it is reliable; run it by hand with SURGE_CHAOS=1 (issue 16). In the clean-clone CI
 # run of 2026-12-02 the replica-kill and node-loss tests got 503 model_unavailable for 68-138 of 200 requests: the
 # requests in flight on the lost replica opened the pool's breaker (the TP=2 route has no fallback). A lost replica
-# is now 503 replica_lost, retried and not held against its pool; three by-hand runs then passed those two tests
+# is now 503 replica_lost, retried and not held against its pool; two by-hand runs then passed those two tests
 # (196-199 ok, the rest streams cut after their first token with an SSE error event). One run failed the Postgres
 # test instead: the SIGTERM test's worker exited late, during it; the SIGTERM test now waits for that exit.
 pytestmark = [
