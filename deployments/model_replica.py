@@ -20,7 +20,7 @@ from deployments.engines.base import (
     SamplingSpec,
     TextPrompt,
 )
-from deployments.errors import BadRequest, ContextLengthExceeded, SurgeError
+from deployments.errors import BadRequest, ContextLengthExceeded, ServiceUnavailable, SurgeError
 from deployments.replica_load import ReplicaLoad
 
 __all__ = ["EngineFactory", "ModelReplica", "vllm_engine"]
@@ -66,6 +66,11 @@ class ModelReplica:
         # Requests of the tiers' priorities (1..5) ever started here: the batch runner yields when it grows, which
         # catches requests too short to be seen in a sample of the engine's queue.
         self._interactive_started = 0
+        # Batch lines (priority below every tier's) in this engine now, and those an interactive request took the
+        # engine from: they end with a 503 that the batch runner answers by running the line again later.
+        self._batch_lines: set[str] = set()
+        self._preempted: set[str] = set()
+        self._batch_preempted = 0
         self._batches = 0
         self._batched_requests = 0
         self._replica_id = _replica_id()
@@ -103,23 +108,47 @@ class ModelReplica:
         token_ids, sampling = self._prepare(request)
         if request.priority <= _LOWEST_TIER_PRIORITY:
             self._interactive_started += 1
+            await self._preempt_batch_lines()
+        else:
+            self._batch_lines.add(request.request_id)
         finished = False
         replica_id = self._replica_id
         started = time.monotonic()
         span = observability.replica_span(self._pool.name, request)
         try:
             async for chunk in self._engine.generate(request.request_id, token_ids, sampling, request.priority):
+                self._raise_if_preempted(request.request_id)
                 finished = chunk.finish_reason is not None
                 if started:
                     self._load.first_token(time.monotonic() - started)
                     started = 0.0
                 yield replace(chunk, replica_id=replica_id) if replica_id else chunk
                 replica_id = ""
+            self._raise_if_preempted(request.request_id)  # an aborted stream may also just end
         finally:
             observability.end_span(span)
+            self._batch_lines.discard(request.request_id)
+            preempted = request.request_id in self._preempted
+            self._preempted.discard(request.request_id)
             if not finished:
-                self._aborted += 1
+                if not preempted:
+                    self._aborted += 1
+                # Also after a preemption: its abort may have come before the engine had the request.
                 await self._engine.abort(request.request_id)
+
+    def _raise_if_preempted(self, request_id: str) -> None:
+        if request_id in self._preempted:
+            raise ServiceUnavailable("the batch line gave the engine up to interactive work", code="preempted")
+
+    async def _preempt_batch_lines(self) -> None:
+        """Take the engine from every batch line at once, before the interactive request joins it: a running line
+        would share every engine step with it until the batch runner's next look at the pool."""
+        if not self._batch_lines:
+            return
+        lines, self._batch_lines = self._batch_lines, set()
+        self._preempted |= lines
+        self._batch_preempted += len(lines)
+        await asyncio.gather(*(self._engine.abort(line) for line in lines))
 
     async def complete(self, request: GenerationRequest) -> GenerationChunk:
         """The whole completion as one chunk (non-streamed requests cross Ray once)."""
@@ -143,6 +172,7 @@ class ModelReplica:
         counters = {
             "aborted_requests": self._aborted,
             "interactive_started": self._interactive_started,
+            "batch_lines_preempted": self._batch_preempted,
             "batches": self._batches,
             "batched_requests": self._batched_requests,
         }
