@@ -67,8 +67,8 @@ class Plan:
 
 # Enough lines that the batch outlasts its calibration and the gap even on a quiet machine (~10 lines/s).
 # The gap loses resume_after_s plus one line's latency before lines finish in it: 12 s keeps that a small part.
-QUICK = Plan(rate_rps=4.0, window_s=10.0, gap_s=12.0, calibration_s=8.0, batch_lines=300)
-FULL = Plan(rate_rps=4.0, window_s=30.0, gap_s=20.0, calibration_s=15.0, batch_lines=600)
+QUICK = Plan(rate_rps=4.0, window_s=10.0, gap_s=12.0, calibration_s=8.0, batch_lines=600)
+FULL = Plan(rate_rps=4.0, window_s=30.0, gap_s=20.0, calibration_s=15.0, batch_lines=1500)
 
 
 def _config(workdir: Path) -> SurgeConfig:
@@ -200,7 +200,8 @@ def _mixed(url: str, keys: tuple[str, str], model: str, plan: Plan, name: str) -
     record["cpu"] = cpu
     # "completed" here would mean the batch ran out of lines in the gap: the share would understate it.
     record["batch_status_after"] = batches.status(batch_id)
-    batches.cancel(batch_id)
+    if record["batch_status_after"] != "completed":  # a completed batch cannot be cancelled (400)
+        batches.cancel(batch_id)
     return record
 
 

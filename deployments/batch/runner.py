@@ -2,8 +2,10 @@
 
 Every tick it reads each busy pool's engine load (ModelReplica.stats(), the signal the autoscaler reads too),
 asks `batch_slots` how many lines the pool may run, preempts its newest lines when that is fewer than it runs
-(they run again later: nothing is recorded for them) and starts lines when it is more. The store is the only
-state that matters: a restarted runner picks every active batch up where its recorded lines end.
+(they run again later: nothing is recorded for them) and starts lines when it is more. The replicas do not wait
+for it: an interactive request arriving at one aborts the batch lines there at once (ModelReplica answers them
+503 preempted, and they go back in the queue). The store is the only state that matters: a restarted runner
+picks every active batch up where its recorded lines end.
 """
 
 from __future__ import annotations
