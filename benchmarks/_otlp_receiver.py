@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-__all__ = ["OtlpReceiver", "ReceivedSpan", "otlp_receiver"]
+__all__ = ["OtlpReceiver", "ReceivedSpan", "SpanSink", "otlp_receiver", "span_sink"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +108,64 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _sink_main() -> None:
+    """`python -m benchmarks._otlp_receiver`: a lean receiver in its own process (benchmarks): keeps the bodies
+    without decoding them, prints its URL, and on end of stdin the number of spans received, then exits."""
+    import sys
+
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            bodies.append(gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"http://127.0.0.1:{server.server_port}/v1/traces", flush=True)
+    sys.stdin.read()
+    server.shutdown()
+    receiver = OtlpReceiver("")
+    for body in list(bodies):
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        receiver.add(request)
+    print(len(receiver.spans), flush=True)
+
+
+class SpanSink:
+    """The URL of a receiver in its own process, and (after the block) how many spans reached it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.spans_received: int | None = None
+
+
+@contextmanager
+def span_sink() -> Iterator[SpanSink]:
+    """A receiver in its own process, so that taking spans in costs the load generator nothing."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks._otlp_receiver"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    sink = SpanSink(proc.stdout.readline().strip())
+    try:
+        yield sink
+    finally:
+        out, _ = proc.communicate("", timeout=120)
+        sink.spans_received = int(out.strip() or 0)
+
+
+if __name__ == "__main__":
+    _sink_main()

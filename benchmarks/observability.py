@@ -3,7 +3,8 @@
     python -m benchmarks.observability [--quick]
 
 Two identical surge apps in one Ray: `on` at / (surge's Ray metrics, vLLM's Ray stat logger, every request
-traced ingress -> replica -> engine and exported to an OTLP/HTTP receiver in this process, JSON request logs)
+traced ingress -> replica -> engine and exported to an OTLP/HTTP receiver in its own process, which keeps the
+bodies and decodes them after the run, JSON request logs)
 and `off` at /off (metrics, tracing and request logs all off). Streamed chat completions, measured in
 alternating blocks (ABBA) at concurrency 1 and 8 so load from elsewhere falls on both alike.
 Headline: latency p50 on / off at concurrency 8 (goal <= 1.05).
@@ -33,7 +34,7 @@ from benchmarks._common import (
     summarize,
     write_results,
 )
-from benchmarks._otlp_receiver import otlp_receiver
+from benchmarks._otlp_receiver import span_sink
 from cluster.config import MetricsConfig, ObservabilityConfig, SurgeConfig, TracingConfig, load_config
 from cluster.serving import free_port, isolate_serve_ports, serving, wait_ready
 
@@ -108,16 +109,15 @@ def _run_apps(plan: Plan, base: SurgeConfig) -> dict[str, Any]:
     from deployments.app import build_app
 
     isolate_serve_ports()
-    with otlp_receiver() as receiver:
-        on, off = _configs(base, receiver.url)
+    with span_sink() as sink:
+        on, off = _configs(base, sink.url)
         with serving(on) as url:
             serve.run(build_app(off), name=f"{on.ray.app_name}-off", route_prefix=_OFF_PREFIX, blocking=False)
             for app_url in (url, f"{url}{_OFF_PREFIX}"):
                 wait_ready(app_url, timeout_s=plan.startup_timeout_s)
             levels = asyncio.run(_measure(plan, url, on.pools[0].model_id))
             time.sleep(2)  # the last export batch (500 ms schedule) reaches the receiver
-        spans = len(receiver.spans)
-    return {"levels": levels, "spans_received": spans}
+    return {"levels": levels, "spans_received": sink.spans_received}
 
 
 def _table(levels: dict[str, Any]) -> str:
