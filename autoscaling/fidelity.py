@@ -3,8 +3,10 @@
 An engine profile measured alone (`python -m autoscaling.profile`) misses what the serving cluster adds on a
 small shared host, so `calibrate` measures each of those parts through the cluster, in the same run:
 
-* the decode step by batch size, from the streams' time per output token: on 2 cores the serving processes
-  (HAProxy, ingress, replica, Ray's loops) take CPU from the engine for every token they forward;
+* the decode step by batch size, from the streams' time per output token (prompts of the trace's median
+  size: a step reads every sequence's context): on 2 cores the serving processes (HAProxy, ingress, replica,
+  Ray's loops) take CPU from the engine for every token they forward;
+* the prefill per prompt token, from short and long prompts sent while a batch decodes (as in the trace);
 * the idle overhead outside the engine: TTFT of single requests at idle beyond the engine's prefill and step;
 * the per-request work the serving path does one request at a time (the ingress's and the replica's event
   loops): fitted so the simulated bursts of simultaneous requests queue as the measured ones do;
@@ -12,8 +14,10 @@ small shared host, so `calibrate` measures each of those parts through the clust
   adds Ray's actor start and a slower engine load (it shares the cores with the serving replica) to the
   engine's construction alone;
 * the host model (autoscaling/sim_host.py, constants from autoscaling/host_calibration.py): the cluster's idle
-  CPU, an engine's cores while it runs, the serving path's CPU per request and the CPU a start needs, so the
-  simulated engines slow down when the serving path and a starting replica take the host's cores.
+  CPU (the load generator's process included), an engine's cores while it runs, the serving path's CPU per
+  request by the batch it joins (the load generator's players' CPU per request added) and the processes it is
+  spread over, and the CPU a start needs, so the simulated engines slow down when the serving path and a
+  starting replica take the host's cores.
 
 `compare` then simulates the measured trace with the calibrated profile and with the engine profile alone (plus
 its idle overhead: the model before calibration) and lines each part up with the measurement.
@@ -67,6 +71,7 @@ class Measured:
     host: HostSamples | None = None  # the cluster's CPU by process (runs before the host model: None)
     calibration_origin_unix_s: float = 0.0
     trace_origin_unix_s: float = 0.0
+    calibration_client_cpu_s: float = 0.0  # the calibration's trace player's own CPU (it runs on the same host)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Measured:
@@ -80,6 +85,8 @@ class Measured:
             host=HostSamples(raw["host_cpu"]) if "host_cpu" in raw else None,
             calibration_origin_unix_s=float(raw["calibration"]["start_unix_s"]),
             trace_origin_unix_s=float(raw["trace"]["start_unix_s"]),
+            calibration_client_cpu_s=float(raw["calibration"].get("client_cpu_cores", 0.0))
+            * float(raw["calibration"].get("wall_s", 0.0)),
         )  # fmt: skip
 
     def labelled(self, label: str) -> list[MeasuredRequest]:
@@ -135,6 +142,18 @@ def _cluster_steps(measured: Measured) -> list[tuple[int, float]]:
     return steps
 
 
+def _prefill_s_per_token(measured: Measured) -> float | None:
+    """The prefill of a prompt token through the cluster while a batch decodes: the TTFT difference of the
+    prefill phase's long- and short-prompt requests over their prompt tokens' difference."""
+    short, long = measured.labelled("prefill-short"), measured.labelled("prefill-long")
+    ttfts = [[r.ttft_s for r in group if r.ttft_s is not None] for group in (short, long)]
+    if not ttfts[0] or not ttfts[1]:
+        return None
+    extra_tokens = statistics.mean(r.prompt_tokens for r in long) - statistics.mean(r.prompt_tokens for r in short)
+    extra_s = statistics.mean(ttfts[1]) - statistics.mean(ttfts[0])
+    return max(0.0, extra_s / extra_tokens) if extra_tokens > 0 else None
+
+
 def _idle_overhead_s(profile: EngineProfile, singles: Sequence[MeasuredRequest]) -> float:
     """Median idle TTFT beyond the engine's prefill and first step: HTTP, HAProxy, ingress, Serve hops."""
     extra = [r.ttft_s - profile.prefill_s(r.prompt_tokens) - profile.step_s(1) for r in singles
@@ -181,7 +200,9 @@ def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: i
     singles = measured.labelled("single")
     engine_only = dataclasses.replace(engine, request_overhead_s=_idle_overhead_s(engine, singles))
     steps = _cluster_steps(measured) or engine.decode_step_s
-    profile = dataclasses.replace(engine, decode_step_s=steps)
+    prefill_s = _prefill_s_per_token(measured)
+    per_token_s = engine.prefill_s_per_token if prefill_s is None else prefill_s
+    profile = dataclasses.replace(engine, decode_step_s=steps, prefill_s_per_token=per_token_s)
     profile = dataclasses.replace(profile, request_overhead_s=_idle_overhead_s(profile, singles))
     up_s, ready_s = measured.first_scale_up_s(), measured.second_replica_s()
     if up_s is not None and ready_s is not None and ready_s > up_s:
@@ -194,6 +215,7 @@ def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: i
         profile = dataclasses.replace(profile, serial_s_per_request=min(errors, key=lambda s: errors[s]))
     parts = {
         "decode_step_s": {"engine_alone": engine.decode_step_s, "in_cluster": profile.decode_step_s},
+        "prefill_s_per_token": {"engine_alone": engine.prefill_s_per_token, "in_cluster": prefill_s},
         "idle_overhead_s": {"against_engine_alone": engine_only.request_overhead_s,
                             "against_cluster_steps": profile.request_overhead_s},
         "serial_s_per_request": profile.serial_s_per_request,
@@ -211,21 +233,29 @@ def _host_model(profile: EngineProfile, engine: EngineProfile,
     if host is None or engine.host_cores <= 0:
         return profile, {"modelled": False}
     labels = sorted({r.label for r in measured.calibration})
-    per_request_s = host.serving_cpu_s_per_request([measured.window(measured.labelled(x)) for x in labels])
-    engine_cores = host.engine_cores([measured.window(measured.labelled(x)) for x in labels
-                                      if x.startswith("batch") and int(x[5:]) >= 16])  # fmt: skip
+    serving_s = host.serving_cpu_s_per_request([measured.window(measured.labelled(x)) for x in labels])
+    # The load generator's players share the host's cores: their CPU per request counts with the serving path's.
+    client_s = measured.calibration_client_cpu_s / max(1, len(measured.calibration))
+    batches = sorted((int(x[5:]), measured.window(measured.labelled(x))) for x in labels if x.startswith("batch"))
+    # By batch from the batch phases (each short, so the idle subtracted from it is small beside its CPU).
+    by_batch = [(b, host.serving_cpu_s_per_request([w]) + client_s) for b, w in batches]
+    engine_cores = host.engine_cores([w for b, w in batches if b >= 16])
+    processes = host.light_processes(measured.window(measured.calibration))
     up_s, ready_s = measured.first_scale_up_s(), measured.second_replica_s()
     cold_cpu_s = 0.0
     if up_s is not None and ready_s is not None and ready_s > up_s:
         origin = measured.trace_origin_unix_s
         cold_cpu_s = host.cold_start_cpu_s(origin + up_s, origin + ready_s)
     profile = dataclasses.replace(
-        profile, host_cores=host.cores, idle_cores=host.idle_cores(), engine_cores=engine_cores,
-        serving_cpu_s_per_request=per_request_s, cold_start_cpu_s=cold_cpu_s or engine.cold_start_cpu_s,
-        cold_start_cores=engine.cold_start_cores,
+        profile, host_cores=host.cores, idle_cores=host.light_idle_cores(), engine_cores=engine_cores,
+        light_processes=processes,
+        serving_cpu_s_per_request=serving_s + client_s, serving_cpu_s_by_batch=by_batch,
+        cold_start_cpu_s=cold_cpu_s or engine.cold_start_cpu_s, cold_start_cores=engine.cold_start_cores,
     )  # fmt: skip
     return profile, {"modelled": True, "host_cores": host.cores, "idle_cores": profile.idle_cores,
-                     "engine_cores": engine_cores, "serving_cpu_s_per_request": per_request_s,
+                     "engine_cores": engine_cores, "serving_cpu_s_per_request": serving_s,
+                     "client_cpu_s_per_request": client_s, "serving_cpu_s_by_batch": by_batch,
+                     "light_processes": processes,
                      "cold_start_cpu_s": {"engine_alone": engine.cold_start_cpu_s, "in_cluster": cold_cpu_s},
                      "cold_start_cores_engine_alone": engine.cold_start_cores}  # fmt: skip
 
@@ -242,13 +272,19 @@ def _phase_ttfts(requests: Sequence[tuple[float, float]], split_s: float | None)
 
 
 def _calibration_check(profile: EngineProfile, measured: Measured) -> dict[str, Any]:
-    """The calibration phases simulated on one replica against their measurement (the fit's own residue)."""
+    """The calibration phases simulated on one replica against their measurement (the fit's own residue);
+    a phase's labels ("prefill-batch", "prefill-short", ...) are simulated together, as they ran."""
     out: dict[str, Any] = {}
-    for label in sorted({r.label for r in measured.calibration}):
-        reqs = measured.labelled(label)
+    for phase in sorted({r.label.split("-")[0] for r in measured.calibration}):
+        reqs = sorted((r for r in measured.calibration if r.label.split("-")[0] == phase), key=lambda r: r.t_s)
         sim = simulate(_as_arrivals(reqs), profile, _fixed_pool(), end_s=0.0)
-        out[label] = {"measured_ttft_mean_s": statistics.mean(r.ttft_s or 0.0 for r in reqs),
-                      "simulated_ttft_mean_s": statistics.mean(_sim_ttfts(sim) or [float("nan")])}  # fmt: skip
+        simulated: dict[str, list[float]] = {r.label: [] for r in reqs}
+        for request in sim.requests:  # seq: the index of its arrival, in the order of `reqs`
+            if request.first_token_s is not None:
+                simulated[reqs[request.seq].label].append(request.first_token_s - request.arrival.t_s)
+        for label, ttfts in simulated.items():
+            out[label] = {"measured_ttft_mean_s": statistics.mean(r.ttft_s or 0.0 for r in reqs if r.label == label),
+                          "simulated_ttft_mean_s": statistics.mean(ttfts or [float("nan")])}  # fmt: skip
     return out
 
 

@@ -45,6 +45,10 @@ class EngineProfile:
     idle_cores: float = 0.0  # the cluster's own CPU with nothing to serve (Ray's daemons, the Serve controller)
     engine_cores: float = 0.0  # cores an engine takes while it has sequences running
     serving_cpu_s_per_request: float = 0.0  # CPU of a request's way through the serving path (its tokens included)
+    # The same by the batch the request joins (batch size, CPU s), interpolated; when measured it replaces the
+    # mean: the replica forwards each engine step's outputs at once, so a request in a large batch costs less.
+    serving_cpu_s_by_batch: list[tuple[int, float]] = field(default_factory=list)
+    light_processes: int = 1  # the processes idle_cores and the serving path's CPU are spread over
     cold_start_cpu_s: float = 0.0  # CPU a starting replica needs until it serves (0: cold_start_s of wall time)
     cold_start_cores: float = 0.0  # the cores a start takes while it has them (cold_start_cpu_s / its wall alone)
     source: str = ""
@@ -52,15 +56,14 @@ class EngineProfile:
 
     def step_s(self, batch: int) -> float:
         """Seconds of one decode step for `batch` running sequences (linear between measured points)."""
-        sizes = [b for b, _ in self.decode_step_s]
-        if batch <= sizes[0]:
-            return self.decode_step_s[0][1]
-        if batch >= sizes[-1]:
-            (b0, t0), (b1, t1) = self.decode_step_s[-2], self.decode_step_s[-1]
-            return t1 + (batch - b1) * (t1 - t0) / max(1, b1 - b0)
-        i = bisect.bisect_left(sizes, batch)
-        (b0, t0), (b1, t1) = self.decode_step_s[i - 1], self.decode_step_s[i]
-        return t0 + (batch - b0) * (t1 - t0) / (b1 - b0)
+        return _by_batch(self.decode_step_s, batch, extrapolate=True)
+
+    def serving_cpu_s(self, batch: int) -> float:
+        """The serving path's CPU for a request joining a batch of `batch` (the mean if not measured by batch;
+        held at the last measured point beyond it: a cost per request does not fall below zero)."""
+        if not self.serving_cpu_s_by_batch:
+            return self.serving_cpu_s_per_request
+        return _by_batch(self.serving_cpu_s_by_batch, batch, extrapolate=False)
 
     def prefill_s(self, tokens: int) -> float:
         return self.prefill_base_s + tokens * self.prefill_s_per_token if tokens else 0.0
@@ -69,12 +72,27 @@ class EngineProfile:
         return json.dumps(asdict(self), indent=2)
 
 
+def _by_batch(points: list[tuple[int, float]], batch: int, extrapolate: bool) -> float:
+    """Linear between measured (batch, value) points; beyond the last, the last segment's slope or held."""
+    sizes = [b for b, _ in points]
+    if batch <= sizes[0] or len(points) == 1:
+        return points[0][1] if batch <= sizes[0] else points[-1][1]
+    if batch >= sizes[-1]:
+        (b0, t0), (b1, t1) = points[-2], points[-1]
+        return t1 + (batch - b1) * (t1 - t0) / max(1, b1 - b0) if extrapolate else t1
+    i = bisect.bisect_left(sizes, batch)
+    (b0, t0), (b1, t1) = points[i - 1], points[i]
+    return t0 + (batch - b0) * (t1 - t0) / (b1 - b0)
+
+
 def profile_from_dict(data: dict[str, object]) -> EngineProfile:
     """A profile from its JSON object (as `EngineProfile.to_json` writes it)."""
     data = dict(data)
     for legacy in ("shared_host", "replica_cores"):  # replaced by the host model (profiles written before it)
         data.pop(legacy, None)
     steps = [(int(b), float(t)) for b, t in data.pop("decode_step_s")]  # type: ignore[attr-defined]
+    serving = [(int(b), float(c)) for b, c in data.pop("serving_cpu_s_by_batch", [])]  # type: ignore[attr-defined]
+    data["serving_cpu_s_by_batch"] = sorted(serving)
     return EngineProfile(decode_step_s=sorted(steps), **data)  # type: ignore[arg-type]
 
 

@@ -2,9 +2,20 @@
 
 On a small CPU host (the local profile: 2 cores run every engine, HAProxy, the ingress, the routers and Ray)
 the host's cores, not each engine, are what limits: a second replica's engine load takes cores from the serving
-one, and every request's way through the serving path costs CPU beside the engine's steps. The model is
-processor sharing: each consumer demands cores (measured through the cluster, autoscaling/fidelity.py), and
-when their sum exceeds the host's cores every one of them runs at the same fraction of its speed.
+one, and every request's way through the serving path costs CPU beside the engine's steps. Each consumer
+demands cores (measured through the cluster, autoscaling/fidelity.py), and past the host's cores they are
+shared max-min fairly, as Linux's scheduler shares a CPU between runnable threads: a consumer that wants less
+than an equal share gets what it wants, the others split what is left equally (capped at their demand). The
+consumers: each engine with sequences running and each starting replica (one compute thread that wants a
+core), and the serving path's processes with the idle cluster (HAProxy, the ingress, the routers, the replica
+actors, Ray's daemons, the load generator: `light_processes` of them, measured, sharing its demand), each far
+below a core, so in all but an overload of the serving path itself they get what they want and the engines
+and starts split the rest.
+
+In a measured run with one replica serving and one starting on 2 cores (autoscaling/fidelity.py's run) the
+engine and the start had ~0.55-0.7 cores each and the serving processes ~0.8, what they used at that request
+rate; sharing every consumer at one fraction of its demand, as the model did before, gave the engine ~0.75
+and the serving processes less than they used.
 
 GPU profiles leave `host_cores` at 0 and the host is not modelled: each replica has its device, and the serving
 path runs on CPUs the engines do not need, so the host is not the bottleneck there.
@@ -12,46 +23,82 @@ path runs on CPUs the engines do not need, so the host is not the bottleneck the
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from autoscaling.profiles import EngineProfile
 
-__all__ = ["HostCpu"]
+__all__ = ["HostCpu", "HostShare", "fair_level"]
 
 _RATE_WINDOW_S = 2.0  # the serving path's request rate: requests that entered it in this window
 
 
+@dataclass(frozen=True, slots=True)
+class HostShare:
+    """The fraction of its full speed each consumer gets: each engine, each start, the serving path."""
+
+    engine: float = 1.0
+    start: float = 1.0
+    light: float = 1.0
+
+
+def fair_level(host_cores: float, demands: Sequence[float]) -> float:
+    """Max-min fairness: the cores each consumer may take (those wanting less get their demand); inf when
+    every demand fits."""
+    left, ordered = host_cores, sorted(demands)
+    for i, demand in enumerate(ordered):
+        equal = left / (len(ordered) - i)
+        if demand > equal:
+            return equal
+        left -= demand
+    return math.inf
+
+
 class HostCpu:
-    """The host's CPU share at a moment: `speed` is the fraction of full speed every consumer gets."""
+    """The host's CPU share at a moment (`share`)."""
 
     def __init__(self, profile: EngineProfile) -> None:
         self.profile = profile
-        self._entered: deque[float] = deque()
+        self._entered: deque[tuple[float, float]] = deque()  # (when, its serving CPU s)
 
     @property
     def modelled(self) -> bool:
         return self.profile.host_cores > 0
 
-    def note_request(self, now_s: float) -> None:
-        """A request entered the serving path (its CPU per request counts for `_RATE_WINDOW_S`)."""
-        self._entered.append(now_s)
+    def note_request(self, now_s: float, batch: int = 1) -> None:
+        """A request entered the serving path to join a batch of `batch`: its serving CPU (the profile's, at
+        that batch) is spread over `_RATE_WINDOW_S`."""
+        self._entered.append((now_s, self.profile.serving_cpu_s(batch)))
+
+    def _window(self, now_s: float) -> deque[tuple[float, float]]:
+        while self._entered and self._entered[0][0] <= now_s - _RATE_WINDOW_S:
+            self._entered.popleft()
+        return self._entered
 
     def request_rate_rps(self, now_s: float) -> float:
-        while self._entered and self._entered[0] <= now_s - _RATE_WINDOW_S:
-            self._entered.popleft()
-        return len(self._entered) / _RATE_WINDOW_S
+        return len(self._window(now_s)) / _RATE_WINDOW_S
 
-    def demand_cores(self, now_s: float, running_batches: Iterable[int], starting: int) -> float:
-        """Cores wanted at full speed: the cluster at idle, each engine with sequences running, each request
-        entering the serving path, each replica starting."""
+    def light_cores(self, now_s: float) -> float:
+        """Cores the light consumers want: the cluster at idle and each request entering the serving path."""
+        return self.profile.idle_cores + sum(cpu_s for _, cpu_s in self._window(now_s)) / _RATE_WINDOW_S
+
+    def share(self, now_s: float, running_batches: Iterable[int], starting: int) -> HostShare:
+        if not self.modelled:
+            return HostShare()
         p = self.profile
-        replicas = sum(p.engine_cores for b in running_batches if b > 0)
-        serving = self.request_rate_rps(now_s) * p.serving_cpu_s_per_request
-        return p.idle_cores + replicas + serving + starting * p.cold_start_cores
+        engines = sum(1 for b in running_batches if b > 0)
+        light = self.light_cores(now_s)
+        processes = max(1, p.light_processes)
+        level = fair_level(p.host_cores, [*[light / processes] * processes, *[p.engine_cores] * engines,
+                                          *[p.cold_start_cores] * starting])  # fmt: skip
+
+        def fraction(demand: float) -> float:
+            return min(1.0, level / demand) if demand > 0 else 1.0
+
+        return HostShare(fraction(p.engine_cores), fraction(p.cold_start_cores), fraction(light / processes))
 
     def speed(self, now_s: float, running_batches: Iterable[int], starting: int) -> float:
-        if not self.modelled:
-            return 1.0
-        demand = self.demand_cores(now_s, running_batches, starting)
-        return min(1.0, self.profile.host_cores / demand) if demand > 0 else 1.0
+        """An engine's fraction of full speed (its steps and prefills)."""
+        return self.share(now_s, running_batches, starting).engine

@@ -22,7 +22,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from autoscaling.profiles import EngineProfile
 from autoscaling.sim_engine import SimReplica, SimRequest
-from autoscaling.sim_host import HostCpu
+from autoscaling.sim_host import HostCpu, HostShare
 from autoscaling.traces import Arrival
 from cluster.config import ShedConfig
 from deployments.admission.capacity import PoolCapacity
@@ -92,15 +92,23 @@ class _Pool:
         self.replicas.append(replica)
         return replica
 
-    def host_speed(self) -> float:
+    def host_share(self) -> HostShare:
         loading = sum(1 for r in self.replicas if r.load_cpu_left_s > 0)
-        return self.host.speed(self.now_s, (len(r.running) for r in self.replicas), loading)
+        return self.host.share(self.now_s, (len(r.running) for r in self.replicas), loading)
+
+    def host_speed(self) -> float:
+        """The engines' and the starts' fraction of full speed on the host now."""
+        return self.host_share().engine
 
     def advance_starts(self, dt_s: float) -> list[SimReplica]:
         """Starts on a modelled host progress by the cores they get over the next `dt_s`; those that finish."""
-        speed = self.host_speed()
-        cores = self.profile.cold_start_cores * speed
+        cores = self.profile.cold_start_cores * self.host_share().start
         return [r for r in self.replicas if r.load_cpu_left_s > 0 and r.load(self.now_s, dt_s, cores)]
+
+    def joining_batch(self, now_s: float, on_the_way: int) -> int:
+        """The batch a request sent now joins: the pool's requests and those on the way to it (still in the
+        serving path), spread over the serving replicas, with it."""
+        return 1 + (self.total_requests() + on_the_way) // max(1, len(self.ready(now_s)))
 
     def ready(self, now_s: float) -> list[SimReplica]:
         return [r for r in self.replicas if not r.draining and r.ready_at_s <= now_s]
@@ -181,7 +189,8 @@ def _tick(pool: _Pool, wrapped: Callable[[Any], tuple[int, dict[str, Any]]], now
 class _ServingPath:
     """The way to the pool: the serving path's idle delay (TTFT counts it) plus the wait for its one-at-a-time
     work, so simultaneous arrivals reach the pool spread out, as a burst does through the ingress's and the
-    replica's event loops (measured: autoscaling/fidelity.py). On a modelled host both take 1/speed as long."""
+    replica's event loops (measured: autoscaling/fidelity.py). On a modelled host both take 1/speed as long, at
+    the serving path's (light) share of the host."""
 
     def __init__(self, profile: EngineProfile) -> None:
         self.profile = profile
@@ -210,6 +219,7 @@ class _Run:
         self.gpu_s = 0.0
         self.max_replicas = 0
         self.ticks = 0
+        self.on_the_way = 0  # requests sent that have not yet reached the pool (in the serving path)
 
     def push(self, t_s: float, kind: str, obj: Any = None, version: int = 0) -> None:
         heapq.heappush(self.heap, (t_s, next(self.counter), kind, obj, version))
@@ -218,7 +228,15 @@ class _Run:
         if replica.next_event_s is not None:
             self.push(replica.next_event_s, "replica", replica, replica.version)
 
+    def send(self, index: int) -> None:
+        """A request enters the serving path: its CPU there counts on the host, and it reaches the pool later."""
+        pool = self.pool
+        pool.host.note_request(self.now_s, pool.joining_batch(self.now_s, self.on_the_way))
+        self.on_the_way += 1
+        self.push(self.path.reach_s(self.now_s, pool.host_share().light), "arrival", index)
+
     def arrive(self, index: int) -> None:
+        self.on_the_way -= 1
         arrival = self.arrivals[index]
         if self.setup.surge_admission:
             capacity = self.pool.capacity(self.now_s)
@@ -286,8 +304,7 @@ class _Run:
                 self.max_replicas = max(self.max_replicas, len(self.pool.replicas))
                 self.now_s = self.pool.now_s = last_s = t_s
                 if kind == "sent":
-                    self.pool.host.note_request(t_s)
-                    self.push(self.path.reach_s(t_s, self.pool.host_speed()), "arrival", obj)
+                    self.send(obj)
                 elif kind == "arrival":
                     self.arrive(obj)
                 elif kind == "replica" and version == obj.version:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ NAME = "simulator_fidelity"
 AZURE = PROJECT_ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 _MAX_OUTPUT, _MAX_PROMPT_WORDS = 48, 200
 _BATCHES = (1, 4, 16, 32, 64, 128)  # the trace reaches ~100 running requests a replica
+_PREFILL_STREAM_TOKENS, _PREFILL_PROBES = 200, 10  # ~2 s of 16 streams decoding; probes 0.15 s apart within
 CALIBRATION_POOL = "calibration"
 MEASUREMENTS = RESULTS_DIR / f"{NAME}-measurements.json"
 _IDLE_S = 8.0
@@ -79,8 +81,10 @@ def _arrivals(duration_s: float, rate_scale: float) -> list[Arrival]:
 
 
 def calibration_schedule(arrivals: Sequence[Arrival]) -> tuple[list[tuple[float, int, int]], list[str]]:
-    """(t_s, prompt words, max tokens) and a label per request: singles at idle (the trace's own sizes), bursts
-    of 6 simultaneous short requests, then `_BATCHES` concurrent 48-token streams, each phase far apart."""
+    """(t_s, prompt words, max tokens) and a label per request, each phase far apart: singles at idle (the
+    trace's own sizes), bursts of 6 simultaneous short requests, the prefill phase, then `_BATCHES` concurrent
+    48-token streams with the trace's median prompt (a decode step's cost grows with the context it reads)."""
+    words = int(statistics.median(a.prompt_tokens for a in arrivals)) if arrivals else 8
     schedule: list[tuple[float, int, int]] = []
     labels: list[str] = []
     t = 0.0
@@ -92,11 +96,24 @@ def calibration_schedule(arrivals: Sequence[Arrival]) -> tuple[list[tuple[float,
         schedule += [(t, 8, 2)] * 6
         labels += ["burst"] * 6
         t += 2.0
+    t = _prefill_phase(schedule, labels, t + 3.0, words)
     for batch in _BATCHES:
         t += 5.0  # the previous batch has finished
-        schedule += [(t, 8, _MAX_OUTPUT)] * batch
+        schedule += [(t, words, _MAX_OUTPUT)] * batch
         labels += [f"batch{batch}"] * batch
     return schedule, labels
+
+
+def _prefill_phase(schedule: list[tuple[float, int, int]], labels: list[str], t: float, words: int) -> float:
+    """The prefill through the cluster while a batch decodes, as in the trace: 16 long streams, and while they
+    run, one-token requests of short and long prompts in turn (their TTFT difference is the prefill of the
+    extra prompt tokens). Returns when the phase has finished."""
+    schedule += [(t, words, _PREFILL_STREAM_TOKENS)] * 16
+    labels += ["prefill-batch"] * 16
+    for i in range(_PREFILL_PROBES):
+        schedule.append((t + 0.3 + 0.15 * i, 8 if i % 2 == 0 else _MAX_PROMPT_WORDS, 1))
+        labels.append("prefill-short" if i % 2 == 0 else "prefill-long")
+    return t + 5.0
 
 
 def _running_replicas(deployment_name: str) -> int:

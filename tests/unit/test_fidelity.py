@@ -66,3 +66,12 @@ def test_the_idle_overhead_is_what_the_engine_does_not_explain() -> None:
     cal = calibrate(ENGINE, measured(burst_ttfts(ENGINE)), 64)
     # singles: TTFT 0.05 s = prefill base 0.005 + one step 0.01 (engine alone) + overhead
     assert abs(cal.engine_only.request_overhead_s - 0.035) < 1e-9
+
+
+def test_the_prefill_per_token_is_read_from_short_and_long_prompts_sent_while_a_batch_decodes() -> None:
+    probes = [MeasuredRequest(40.0 + i, 0.05, 0.05, 1, 10, "prefill-short") for i in range(3)]
+    probes += [MeasuredRequest(40.5 + i, 0.07, 0.07, 1, 210, "prefill-long") for i in range(3)]
+    base = measured(burst_ttfts(ENGINE))
+    cal = calibrate(ENGINE, dataclasses.replace(base, calibration=base.calibration + probes), 64)
+    assert abs(cal.profile.prefill_s_per_token - 0.0001) < 1e-12
+    assert calibrate(ENGINE, base, 64).profile.prefill_s_per_token == ENGINE.prefill_s_per_token

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ray.serve.config import AutoscalingConfig
 
 from autoscaling.host_calibration import HostSamples, Window
 from autoscaling.profiles import GPU_PROFILES, EngineProfile
-from autoscaling.sim_host import HostCpu
+from autoscaling.sim_host import HostCpu, fair_level
 from autoscaling.simulator import PolicySetup, simulate
 from autoscaling.traces import DEFAULT_TIERS, Arrival
 
@@ -31,10 +32,24 @@ def test_every_consumer_runs_at_full_speed_while_the_host_has_cores_to_spare() -
     assert HostCpu(HOST).speed(0.0, [1], starting=0) == 1.0
 
 
-def test_past_the_hosts_cores_every_consumer_gets_the_same_fraction() -> None:
-    # two replicas at 2 cores each and one start at 1 core on 2 cores: each at 2/5 of its speed
-    host = HostCpu(dataclasses.replace(HOST, cold_start_cores=1.0))
-    assert abs(host.speed(0.0, [1, 1], starting=1) - 0.4) < 1e-9
+def test_past_the_hosts_cores_each_consumer_gets_an_equal_share_capped_at_its_demand() -> None:
+    # two replicas at 2 cores each and one start at 1 core on 2 cores: 2/3 of a core each
+    share = HostCpu(dataclasses.replace(HOST, cold_start_cores=1.0)).share(0.0, [1, 1], starting=1)
+    assert abs(share.engine - 1 / 3) < 1e-9 and abs(share.start - 2 / 3) < 1e-9
+
+
+def test_consumers_wanting_less_than_an_equal_share_get_their_demand() -> None:
+    assert abs(fair_level(2.0, [0.5, 1.0, 1.0]) - 0.75) < 1e-9
+    assert fair_level(2.0, [0.5, 1.0]) == math.inf
+
+
+def test_a_serving_path_spread_over_many_processes_gets_its_cpu_before_the_engines() -> None:
+    # 0.8 cores of idle cluster beside an engine and a start of 1 core each, on 2 cores
+    busy = dataclasses.replace(HOST, engine_cores=1.0, cold_start_cores=1.0, idle_cores=0.8)
+    spread = HostCpu(dataclasses.replace(busy, light_processes=8)).share(0.0, [1], starting=1)
+    assert spread.light == 1.0 and abs(spread.engine - 0.6) < 1e-9
+    one = HostCpu(busy).share(0.0, [1], starting=1)  # as one consumer it would be held to 2/3 like the others
+    assert abs(one.engine - 2 / 3) < 1e-9 and abs(one.light - (2 / 3) / 0.8) < 1e-9
 
 
 def test_a_host_that_is_not_modelled_never_slows_anything() -> None:
@@ -59,6 +74,25 @@ def test_requests_entering_the_serving_path_take_cpu_from_the_engine() -> None:
     assert busy - quiet > 3.0
 
 
+def test_a_requests_serving_cpu_is_the_cost_at_the_batch_it_joins() -> None:
+    by_batch = dataclasses.replace(HOST, serving_cpu_s_by_batch=[(1, 0.04), (16, 0.01)])
+    assert by_batch.serving_cpu_s(1) == 0.04 and abs(by_batch.serving_cpu_s(6) - 0.03) < 1e-9
+    assert by_batch.serving_cpu_s(500) == 0.01  # held beyond the last measured batch
+    host = HostCpu(by_batch)
+    host.note_request(0.0, batch=1)
+    host.note_request(0.5, batch=16)
+    assert abs(host.light_cores(1.0) - 0.05 / 2.0) < 1e-9  # spread over the 2 s rate window
+
+
+def test_simultaneous_arrivals_are_charged_at_the_batch_they_join_together() -> None:
+    # 64 at once: charged at batch 1 each (0.1 s) they would want 3.2 cores of serving path for 2 s
+    arrivals = [Arrival(0.0, 10, 20, DEFAULT_TIERS[0]) for _ in range(64)]
+    free = last_done_s(HOST, arrivals, fixed(1))
+    first_only = last_done_s(dataclasses.replace(HOST, serving_cpu_s_by_batch=[(1, 0.1), (2, 0.0)]), arrivals,
+                             fixed(1))  # fmt: skip
+    assert abs(first_only / free - 1.0) < 0.05
+
+
 def start_ready_s(profile: EngineProfile, arrivals: list[Arrival]) -> float:
     config = AutoscalingConfig(min_replicas=1, max_replicas=2, initial_replicas=1, upscale_delay_s=0,
                                downscale_delay_s=600)  # fmt: skip
@@ -68,8 +102,8 @@ def start_ready_s(profile: EngineProfile, arrivals: list[Arrival]) -> float:
 
 
 def test_a_start_is_cpu_work_that_takes_longer_while_the_host_serves() -> None:
-    # an engine wanting 3 cores and the start 1 on 2 cores: the start gets half a core
-    starts = dataclasses.replace(HOST, cold_start_cpu_s=10.0, cold_start_cores=1.0, engine_cores=3.0)
+    # an engine wanting 2 cores and the start 1 on 1 core: the start gets half a core
+    starts = dataclasses.replace(HOST, cold_start_cpu_s=10.0, cold_start_cores=1.0, host_cores=1.0)
     idle = start_ready_s(starts, [])
     serving = [Arrival(i * 0.5, 10, 2000, DEFAULT_TIERS[0]) for i in range(4)]  # one replica busy throughout
     assert 10.0 <= idle <= 15.0
@@ -100,3 +134,27 @@ def test_the_serving_paths_cpu_per_request_is_what_the_phases_used_beyond_idle()
     phases = [Window(20.0, 22.0, 10), Window(30.0, 32.0, 40)]
     assert abs(host.serving_cpu_s_per_request(phases) - 0.02) < 1e-9
     assert abs(host.engine_cores(phases[1:]) - 1.0) < 1e-9
+
+
+def test_the_engines_cores_are_read_inside_the_batch_window_not_over_its_bracket() -> None:
+    # the engine busy-waits at a core before and after the batch; the window (1.2 s) is inside 0.5 s samples
+    cpu = [(20.0 + 0.5 * i, {"1": 0.0, "2": 0.5 * i}) for i in range(7)]
+    host = samples([(0.0, {"1": 0.0, "2": 0.0}), (10.0, {"1": 0.0, "2": 0.0}), *cpu])
+    assert abs(host.engine_cores([Window(20.9, 22.1, 16)]) - 1.0) < 1e-9
+
+
+def test_a_new_replicas_start_is_its_actor_and_everything_under_it() -> None:
+    # the serving replica "6" was seen under a new title after the decision (its method's name): not counted
+    roles = {"1": ["serving", 0.0, 0], "6": ["replica:pool-main", 70.0, 1], "2": ["engine", 0.0, 6],
+             "3": ["replica:pool-main", 50.0, 1], "4": ["engine", 60.0, 3], "5": ["serving", 55.0, 3]}  # fmt: skip
+    cpu = [(50.0, {"6": 0.0, "2": 0.0, "3": 0.0, "4": 0.0, "5": 0.0}),
+           (90.0, {"6": 8.0, "2": 30.0, "3": 20.0, "4": 30.0, "5": 2.0})]  # fmt: skip
+    host = HostSamples({"cores": 2, "roles": roles, "idle_window_unix_s": [0.0, 10.0],
+                        "samples": [[t, 0.0, c] for t, c in cpu]})  # fmt: skip
+    assert abs(host.cold_start_cpu_s(50.0, 90.0) - 52.0) < 1e-9
+
+
+def test_the_light_idle_counts_the_load_generator_and_not_the_engines() -> None:
+    host = samples([(0.0, {"1": 0.0, "2": 0.0, "client": 0.0}), (10.0, {"1": 1.0, "2": 3.0, "client": 0.5})])
+    assert abs(host.light_idle_cores() - 0.15) < 1e-9
+    assert host.light_processes(Window(0.0, 10.0)) == 2  # the serving process and the load generator
