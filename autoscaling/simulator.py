@@ -30,7 +30,9 @@ from deployments.admission.decisions import shed_decision
 
 __all__ = ["PolicySetup", "SimResult", "simulate"]
 
-_TICK_S = 0.5  # Serve's control loop runs every 0.1 s; 0.5 s changes nothing at these time scales
+# Serve's control loop runs every CONTROL_LOOP_INTERVAL_S (0.1 s); 0.5 s changes nothing for per-second rate
+# traces at promo scale, but a trace whose bursts last less than a tick needs Serve's own (PolicySetup.tick_s).
+_TICK_S = 0.5
 _SAMPLE_S = 5.0
 _DEPLOYMENT = DeploymentID(name="pool-sim", app_name="sim")
 
@@ -45,6 +47,7 @@ class PolicySetup:
     surge_admission: bool
     shed: ShedConfig = field(default_factory=ShedConfig)
     origin_s: float = 0.0  # wall time of the trace's t=0 (promo calendars use wall times)
+    tick_s: float = _TICK_S  # how often the policy runs (and the demand is sampled)
 
 
 @dataclass
@@ -281,11 +284,11 @@ class _Run:
                 self.push(replica.ready_at_s, "ready", replica)
         if record["changed"]:
             self.decisions.append({k: v for k, v in record.items() if k != "changed"})
-        if self.ticks % round(_SAMPLE_S / _TICK_S) == 0:
+        if self.ticks % round(_SAMPLE_S / self.setup.tick_s) == 0:
             waiting = sum(len(r.waiting) for r in pool.replicas)
             self.timeline.append({"t_s": self.now_s, "replicas": len(pool.ready(self.now_s)),
                                   "target": pool.target, "queue": len(pool.handle_queue) + waiting})  # fmt: skip
-        for replica in pool.advance_starts(_TICK_S):
+        for replica in pool.advance_starts(self.setup.tick_s):
             self.push(replica.ready_at_s, "ready", replica)
         self.ticks += 1
 
@@ -314,7 +317,7 @@ class _Run:
                 elif kind == "tick":
                     self.tick(wrapped)
                     if t_s < end_s or self.pool.total_requests() > 0:
-                        self.push(t_s + _TICK_S, "tick")
+                        self.push(t_s + self.setup.tick_s, "tick")
         return SimResult(self.requests, self.shed, self.timeline, self.gpu_s / 3600, self.max_replicas,
                          self.decisions)  # fmt: skip
 

@@ -6,12 +6,13 @@ JSON records both bounds). Replica-count timelines are plotted side by side. Sta
 the shared heavy lock.
 
 The run, in order: `python -m autoscaling.profile` (the engine alone, the replica's thread count); the cluster;
-a calibration schedule through the cluster (single requests at idle, bursts of simultaneous requests, batches of
-concurrent streams); the trace. Every request is sent by a process of its own (benchmarks/_trace_player.py).
-The simulator is then given the profile calibrated in the cluster (`calibrate`) and, for comparison, the engine
-profile alone with only the idle overhead (the model before calibration). `--from-json FILE` redoes the
-simulations and the comparison from a run's measurements (benchmarks/results/simulator_fidelity-measurements.json),
-without the cluster.
+a calibration schedule through the cluster (single requests at idle, bursts of simultaneous requests, short and
+long prompts while a batch decodes, batches of concurrent streams); the trace. Every request is sent by a
+process of its own (benchmarks/_trace_player.py). The simulator is then given the profile calibrated in the
+cluster (`calibrate`) and, for comparison, the engine profile alone with only the idle overhead (the model
+before calibration). `--from-json FILE` redoes the simulations and the comparison from a run's measurements
+(benchmarks/results/simulator_fidelity-measurements.json), without the cluster (the results keep the measured
+run's header, from the measurements' `run`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ray.serve._private.constants import CONTROL_LOOP_INTERVAL_S
 from ray.serve.config import AutoscalingConfig
 
 from autoscaling.fidelity import Measured, calibrate, compare
@@ -35,7 +37,7 @@ from autoscaling.policy import SurgePolicy
 from autoscaling.profiles import profile_from_dict
 from autoscaling.simulator import PolicySetup
 from autoscaling.traces import Arrival, load_trace
-from benchmarks._common import RESULTS_DIR, RunClock, final_line, quick_parser, write_results
+from benchmarks._common import RESULTS_DIR, RunClock, final_line, quick_parser, utc_now, write_results
 from benchmarks._cpu_sampler import CpuSampler
 from benchmarks._trace_player import play_schedule
 from cluster.config import PROJECT_ROOT, PoolAutoscalingConfig, SurgeConfig, load_config
@@ -214,8 +216,10 @@ def _setup(config: SurgeConfig) -> Callable[[], PolicySetup]:
     def make() -> PolicySetup:
         serve_config = serve_autoscaling_config(pool, "pool-sim")
         serve_config.pop("policy")
+        # Serve's own control-loop interval: the trace's bursts (6 requests at once, done in ~0.3 s on a quiet
+        # host) fall between the simulator's default 0.5 s ticks, and the cluster's policy saw them.
         return PolicySetup("surge", SurgePolicy(**policy_kwargs(pool, "pool-sim")), AutoscalingConfig(**serve_config),
-                           surge_admission=False)  # fmt: skip
+                           surge_admission=False, tick_s=CONTROL_LOOP_INTERVAL_S)  # fmt: skip
 
     return make
 
@@ -230,7 +234,9 @@ def _report(clock: RunClock, raw: dict[str, Any], rate_scale: float) -> tuple[di
     _plot(png, measured, result.pop("_timeline_calibrated"), result.pop("_timeline_engine_only"),
           result.pop("_points_calibrated"))
     ratio = float(result["ratio"])
-    data = {**clock.header(), "rate_scale": rate_scale, **result, "goal": {"within": [0.75, 1.33]},
+    # A re-simulation keeps the measured run's header (its machine and load) and says when it was redone.
+    header = {**raw["run"], "resimulated_at": utc_now()} if "run" in raw else clock.header()
+    data = {**header, "rate_scale": rate_scale, **result, "goal": {"within": [0.75, 1.33]},
             "png": str(png.relative_to(PROJECT_ROOT)),
             "measurements": str(MEASUREMENTS.relative_to(PROJECT_ROOT))}  # fmt: skip
     return data, ratio
@@ -248,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raw = json.loads(Path(args.from_json).read_text())
     else:
         raw = _measure(_config(), _arrivals(duration_s, rate_scale), RESULTS_DIR / f"{NAME}-profile.json")
+        raw["run"] = clock.header()
         # Every request of the run, compact and apart from the summary (kept if the analysis below fails).
         MEASUREMENTS.write_text(json.dumps(raw) + "\n")
     data, ratio = _report(clock, raw, rate_scale)

@@ -75,3 +75,12 @@ def test_the_prefill_per_token_is_read_from_short_and_long_prompts_sent_while_a_
     cal = calibrate(ENGINE, dataclasses.replace(base, calibration=base.calibration + probes), 64)
     assert abs(cal.profile.prefill_s_per_token - 0.0001) < 1e-12
     assert calibrate(ENGINE, base, 64).profile.prefill_s_per_token == ENGINE.prefill_s_per_token
+
+
+def test_serving_cpu_by_batch_that_rises_with_the_batch_is_pooled_by_requests() -> None:
+    from autoscaling.fidelity import _not_rising
+
+    # one request's phase came out cheaper than four requests' (noise beside the idle subtracted)
+    pooled = _not_rising([(1, 0.002, 1), (4, 0.022, 4), (16, 0.011, 16), (128, 0.010, 128)])
+    assert [b for b, _ in pooled] == [1, 4, 16, 128]
+    assert all(abs(c - want) < 1e-12 for (_, c), want in zip(pooled, [0.018, 0.018, 0.011, 0.010], strict=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,23 @@ def test_the_cli_writes_the_specified_json_and_a_png(tmp_path: Path, policy: str
             "shed_fraction_by_tier", "gpu_hours", "max_replicas"}  # fmt: skip
     assert keys <= set(summary) and summary["policy"] == policy
     assert png.stat().st_size > 10_000
+
+
+def test_a_burst_shorter_than_the_default_tick_reaches_a_policy_ticking_at_serves_interval() -> None:
+    from ray.serve.config import AutoscalingConfig
+
+    from autoscaling.simulator import PolicySetup
+
+    seen: list[float] = []
+
+    def watch(ctx: Any) -> tuple[int, dict[str, Any]]:
+        seen.append(float(ctx.total_num_requests))
+        return 1, {}
+
+    config = AutoscalingConfig(min_replicas=1, max_replicas=1, initial_replicas=1, look_back_period_s=0.1,
+                               metrics_interval_s=0.05)  # fmt: skip
+    burst = [Arrival(0.05, 10, 10, DEFAULT_TIERS[0]) for _ in range(6)]  # done ~0.15 s later
+    for tick_s, sees in ((0.5, False), (0.1, True)):
+        seen.clear()
+        simulate(burst, PROFILE, PolicySetup("watch", watch, config, False, tick_s=tick_s), end_s=1.0)
+        assert (max(seen) > 0) is sees
