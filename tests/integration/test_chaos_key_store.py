@@ -1,6 +1,6 @@
 """A SQLite key store locked by another writer under a bounded load through the session app's HTTP API: refused
 503 + Retry-After while locked (never a 500, never a request let through unchecked, a key past its quota still
-refused), and served again once the lock is gone, by itself. PostgreSQL stopped and started is in test_chaos.py."""
+refused), and served again once the lock is gone, by itself. PostgreSQL stopped and started is in test_multinode.py."""
 
 from __future__ import annotations
 
