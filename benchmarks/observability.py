@@ -116,7 +116,7 @@ def _run_apps(plan: Plan, base: SurgeConfig) -> dict[str, Any]:
             for app_url in (url, f"{url}{_OFF_PREFIX}"):
                 wait_ready(app_url, timeout_s=plan.startup_timeout_s)
             levels = asyncio.run(_measure(plan, url, on.pools[0].model_id))
-            time.sleep(2)  # the last export batch (500 ms schedule) reaches the receiver
+            time.sleep(6)  # the last export batch (OpenTelemetry's 5 s schedule) reaches the receiver
     return {"levels": levels, "spans_received": sink.spans_received}
 
 
