@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -318,37 +318,32 @@ def test_postgres_key_store_restart_answers_503_with_retry_after_and_recovers(mu
     assert quota_up.status_code == 429  # the outage let nothing past the quota
 
 
-def test_killing_a_replica_under_load_loses_no_request(multinode: Cluster) -> None:
-    """The test prefix's replica killed: its prefix answers again within 5 s, and the load loses nothing."""
-    wait_for_two_serving_replicas(multinode.client)
+def _lose_under_load(multinode: Cluster, name: str, report: str, lose: Callable[[Replica], object]) -> None:
+    """The test prefix's replica lost (by `lose`) under the load: that prefix answers again within 5 s, and the
+    load loses nothing."""
+    wait_for_two_serving_replicas(multinode.client)  # a replica lost by the test before is replaced first
     victim = preferred_replica(multinode.client)
-    load = multinode.load("replica")
+    load = multinode.load(name)
     load.wait_for(TOTAL // 4)
     fault_s = time.monotonic()
-    ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+    lose(victim)
     seconds, timeline = first_success_s(multinode.client)
     outcomes = load.join()
-    _report("replica killed", load, outcomes, fault_s, test_prefix_answers_again_s=f"{seconds:.2f}")
+    _report(report, load, outcomes, fault_s, test_prefix_answers_again_s=f"{seconds:.2f}")
     assert seconds <= 5, timeline
     _assert_nothing_lost(outcomes)
     _answers_again(multinode)
+
+
+def test_killing_a_replica_under_load_loses_no_request(multinode: Cluster) -> None:
+    _lose_under_load(multinode, "replica", "replica killed",
+                     lambda victim: ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True))
 
 
 def test_losing_a_worker_node_under_load_loses_no_request(multinode: Cluster) -> None:
-    """The worker node of the test prefix's replica lost: the same promises as a lost replica."""
-    wait_for_two_serving_replicas(multinode.client)  # the replica killed above is replaced first
-    victim = preferred_replica(multinode.client)
-    assert victim.node_id in {r.node_id for r in pool_replicas("main")}
-    load = multinode.load("node")
-    load.wait_for(TOTAL // 4)
-    fault_s = time.monotonic()
-    multinode.cluster.kill_worker(worker_index(multinode.cluster, victim.node_id))
-    seconds, timeline = first_success_s(multinode.client)
-    outcomes = load.join()
-    _report("worker node lost", load, outcomes, fault_s, test_prefix_answers_again_s=f"{seconds:.2f}")
-    assert seconds <= 5, timeline
-    _assert_nothing_lost(outcomes)
-    _answers_again(multinode)
+    cluster = multinode.cluster
+    _lose_under_load(multinode, "node", "worker node lost",
+                     lambda victim: cluster.kill_worker(worker_index(cluster, victim.node_id)))
 
 
 # Last: every GPU node lost.
