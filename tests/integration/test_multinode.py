@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +32,7 @@ from deployments.admission import open_store
 from tests.chaos_load import BoundedLoad, Outcome, Tally, recovery_s, retried_requests, wait_until_ok
 from tests.integration.conftest import TEST_TIERS
 from tests.integration.test_key_store_outage import _pg_ctl, _server_settings
+from tests.integration.test_security import session_logs
 from tests.pg_server import fresh_database, postgres_server
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(900)]
@@ -192,15 +192,9 @@ def test_model_list_names_pools_and_routes(multinode: Cluster) -> None:
 # Chaos under a bounded load.
 
 
-def _session_logs() -> Path:
-    node = ray._private.worker._global_node
-    assert node is not None
-    return Path(node.get_session_dir_path()) / "logs"
-
-
 def _report(name: str, load: BoundedLoad, outcomes: list[Outcome], fault_s: float, **extra: Any) -> Tally:
     answered = sum(o.status not in (0, 500, 502) for o in outcomes)
-    retried, logged = retried_requests(_session_logs(), load.id_prefix, answered)
+    retried, logged = retried_requests(session_logs(), load.id_prefix, answered)
     tally = Tally(name, outcomes, retried, {"logged": logged, **extra})
     first = recovery_s(outcomes, fault_s)
     tally.extra["first_success_after_fault_s"] = "none" if first is None else f"{first:.2f}"
