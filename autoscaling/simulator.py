@@ -23,7 +23,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 from autoscaling.profiles import EngineProfile
 from autoscaling.sim_engine import SimReplica, SimRequest
 from autoscaling.sim_host import HostCpu, HostShare
-from autoscaling.traces import Arrival
+from autoscaling.traces import Arrival, tier_slos
 from cluster.config import ShedConfig
 from deployments.admission.capacity import PoolCapacity
 from deployments.admission.decisions import shed_decision
@@ -223,6 +223,7 @@ class _Run:
         self.max_replicas = 0
         self.ticks = 0
         self.on_the_way = 0  # requests sent that have not yet reached the pool (in the serving path)
+        self.slos = tier_slos(arrivals)
 
     def push(self, t_s: float, kind: str, obj: Any = None, version: int = 0) -> None:
         heapq.heappush(self.heap, (t_s, next(self.counter), kind, obj, version))
@@ -244,7 +245,7 @@ class _Run:
         if self.setup.surge_admission:
             capacity = self.pool.capacity(self.now_s)
             decision = shed_decision(arrival.tier.priority, self.pool.total_requests(), self.setup.shed,
-                                     capacity=capacity)  # fmt: skip
+                                     capacity=capacity, slos=self.slos)  # fmt: skip
             if not decision.admit:
                 self.shed.append(arrival)
                 self.pool.last_shed_s = self.setup.origin_s + self.now_s

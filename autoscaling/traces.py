@@ -14,12 +14,12 @@ from __future__ import annotations
 import csv
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-__all__ = ["DEFAULT_TIERS", "Arrival", "TierMix", "load_trace", "offered_rps"]
+__all__ = ["DEFAULT_TIERS", "Arrival", "TierMix", "load_trace", "offered_rps", "tier_slos"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,15 @@ class Arrival:
     prompt_tokens: int
     output_tokens: int
     tier: TierMix
+
+
+def tier_slos(arrivals: Iterable[Arrival]) -> dict[int, float]:
+    """The trace's tiers' TTFT SLOs by priority (the tightest where tiers share one), as admission reads them
+    (AdmissionConfig.ttft_slos)."""
+    slos: dict[int, float] = {}
+    for tier in {a.tier for a in arrivals}:
+        slos[tier.priority] = min(tier.ttft_slo_s, slos.get(tier.priority, math.inf))
+    return slos
 
 
 def _tier(rng: random.Random, tiers: tuple[TierMix, ...]) -> TierMix:

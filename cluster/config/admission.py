@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,6 +47,9 @@ class TierConfig(_Strict):
     # Where quota warnings for this tier's tenants go when the tenant has no address of its own.
     warning_webhook_url: str | None = Field(default=None, pattern=r"^https?://")
     warning_email: str | None = None
+    # The tier's time-to-first-token promise: while a pool's predicted TTFT misses it, the priorities below
+    # this tier's default get a smaller share (admission.shed). None: best effort, it protects nothing.
+    ttft_slo_s: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _max_not_worse_than_default(self) -> TierConfig:
@@ -82,7 +86,8 @@ def _default_admit_fraction() -> dict[int, float]:
 class ShedConfig(_Strict):
     """Priority p is admitted while its pool's queue depth < limit * admit_fraction[p], where the limit follows
     the pool's live capacity (running replicas x max_ongoing_requests) unless fixed by queue_limit. While the
-    measured TTFT misses the SLO, priorities below slo_protected_priority get a proportionally smaller share."""
+    predicted TTFT misses the SLO of a tier above p (AdmissionConfig.ttft_slos), p gets a proportionally
+    smaller share; priorities up to slo_protected_priority always keep theirs."""
 
     # A fixed limit for every pool; None follows each pool's live capacity (a pool that grows sheds later).
     queue_limit: int | None = Field(default=None, ge=1)
@@ -91,9 +96,14 @@ class ShedConfig(_Strict):
     admit_fraction: dict[int, float] = Field(default_factory=_default_admit_fraction)
     # What a shed request is told to wait before retrying when no replica is on its way.
     retry_after_s: int = Field(default=1, ge=1)
-    # The top tiers' time-to-first-token promise, and the priorities it protects (1..this keep their share).
+    # The TTFT promise of the protected priorities (1..slo_protected_priority) when no tier states its own
+    # (AdmissionConfig.ttft_slos); priorities up to slo_protected_priority are never shed for an SLO.
     ttft_slo_s: float = Field(default=2.0, gt=0)
     slo_protected_priority: int = Field(default=2, ge=1, le=5)
+
+    def default_slos(self) -> dict[int, float]:
+        """The SLO by priority when no tier states one: the protected priorities promise ttft_slo_s."""
+        return {self.slo_protected_priority: self.ttft_slo_s}
 
     @field_validator("pool_queue_limits")
     @classmethod
@@ -129,11 +139,11 @@ def default_tiers() -> dict[str, TierConfig]:
         ),
         "pro": TierConfig(
             rpm=600, tpm=200_000, daily_token_quota=5_000_000, max_tokens_cap=2048, monthly_call_quota=100_000,
-            allowed_models=["*"], default_priority=3, max_priority=2,
+            allowed_models=["*"], default_priority=3, max_priority=2, ttft_slo_s=2.0,
         ),
         "enterprise": TierConfig(
             rpm=6000, tpm=2_000_000, daily_token_quota=100_000_000, max_tokens_cap=4096,
-            allowed_models=["*"], default_priority=2, max_priority=1,
+            allowed_models=["*"], default_priority=2, max_priority=1, ttft_slo_s=1.0,
         ),
     }  # fmt: skip
 
@@ -153,6 +163,15 @@ class AdmissionConfig(_Strict):
     tokens: TokenConfig = TokenConfig()
     issuers: list[IssuerConfig] = Field(default_factory=list)
     notify: NotifyConfig = NotifyConfig()
+
+    def ttft_slos(self) -> dict[int, float]:
+        """Each tier's TTFT SLO by its default priority (the tightest where tiers share one); the shed config's
+        protected SLO when no tier states one."""
+        slos: dict[int, float] = {}
+        for tier in self.tiers.values():
+            if tier.ttft_slo_s is not None:
+                slos[tier.default_priority] = min(tier.ttft_slo_s, slos.get(tier.default_priority, math.inf))
+        return slos or self.shed.default_slos()
 
     @model_validator(mode="after")
     def _issuer_tiers_exist(self) -> AdmissionConfig:

@@ -1,17 +1,20 @@
-"""Shedding that follows a pool's live capacity and the TTFT SLO (pure: no I/O, no clock reads).
+"""Shedding that follows a pool's live capacity and the tiers' TTFT SLOs (pure: no I/O, no clock reads).
 
 The ingress reads a `PoolCapacity` from the traffic router's snapshot (refreshed in the background), so the
-decision costs no I/O on the request path.
+decision costs no I/O on the request path. The SLOs come by priority (`AdmissionConfig.ttft_slos`: each tier's
+at its default priority): while the predicted TTFT misses the SLO of a tier above a request's priority, that
+priority's share shrinks by SLO / predicted, so the lower priorities make room for the tiers that promise more.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cluster.config import ShedConfig
 
-__all__ = ["PoolCapacity", "capacity_shed_decision", "predicted_ttft_s", "shed_limit"]
+__all__ = ["PoolCapacity", "capacity_shed_decision", "defended_slo_s", "predicted_ttft_s", "shed_limit"]
 
 _LOWEST_PRIORITY = 5
 
@@ -40,7 +43,17 @@ def predicted_ttft_s(depth: int, capacity: PoolCapacity) -> float | None:
     return capacity.ttft_s * max(1.0, (depth + 1) / capacity.requests)
 
 
-def shed_limit(priority: int, depth: int, shed: ShedConfig, capacity: PoolCapacity | None, pool: str | None) -> float:
+def defended_slo_s(priority: int, shed: ShedConfig, slos: Mapping[int, float] | None) -> float | None:
+    """The tightest TTFT SLO among the priorities above `priority` (numerically lower), which it makes room
+    for; None for the protected priorities and where no priority above states an SLO."""
+    if priority <= shed.slo_protected_priority:
+        return None
+    above = [slo for level, slo in (shed.default_slos() if slos is None else slos).items() if level < priority]
+    return min(above, default=None)
+
+
+def shed_limit(priority: int, depth: int, shed: ShedConfig, capacity: PoolCapacity | None, pool: str | None,
+               slos: Mapping[int, float] | None = None) -> float:  # fmt: skip
     """The queue depth at which `priority` is shed, and nothing else: the caller compares."""
     fixed = shed.queue_limit_for(pool)
     if fixed is None and capacity is None:
@@ -48,9 +61,10 @@ def shed_limit(priority: int, depth: int, shed: ShedConfig, capacity: PoolCapaci
     base = fixed if fixed is not None else capacity.requests  # type: ignore[union-attr]
     limit = base * shed.admit_fraction[priority]
     predicted = predicted_ttft_s(depth, capacity) if capacity is not None else None
-    if predicted is not None and predicted > shed.ttft_slo_s and priority > shed.slo_protected_priority:
-        # Missing the SLO: the unprotected priorities get the share that would bring TTFT back to it.
-        limit *= shed.ttft_slo_s / predicted
+    slo = defended_slo_s(priority, shed, slos)
+    if predicted is not None and slo is not None and predicted > slo:
+        # A tier above misses its SLO: this priority gets the share that would bring TTFT back to it.
+        limit *= slo / predicted
     return limit
 
 
@@ -65,11 +79,12 @@ def _retry_after_s(depth: int, shed: ShedConfig, capacity: PoolCapacity | None) 
 
 
 def capacity_shed_decision(
-    priority: int, depth: int, shed: ShedConfig, capacity: PoolCapacity | None = None, pool: str | None = None
+    priority: int, depth: int, shed: ShedConfig, capacity: PoolCapacity | None = None, pool: str | None = None,
+    slos: Mapping[int, float] | None = None,
 ) -> tuple[bool, int, str]:
     """(admit, retry_after_s, reason) for one request of `priority` meeting `depth` admitted requests."""
     priority = min(max(priority, 1), _LOWEST_PRIORITY)
-    limit = shed_limit(priority, depth, shed, capacity, pool)
+    limit = shed_limit(priority, depth, shed, capacity, pool, slos)
     comparison = f"queue depth {depth} {{}} {limit:.4g} for priority {priority}"
     if capacity is not None:
         comparison += f" ({capacity.replicas} replicas x {capacity.max_ongoing_requests}"

@@ -6,6 +6,7 @@ No I/O and no clock reads: `now` (epoch seconds) is always a parameter.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from fnmatch import fnmatchcase
@@ -175,11 +176,13 @@ def cap_max_tokens(requested: int | None, tier: TierConfig, context_room: int | 
 
 
 def shed_decision(
-    priority: int, queue_depth: int, shed: ShedConfig, *, pool: str | None = None, capacity: PoolCapacity | None = None
-) -> ShedDecision:
+    priority: int, queue_depth: int, shed: ShedConfig, *, pool: str | None = None,
+    capacity: PoolCapacity | None = None, slos: Mapping[int, float] | None = None,
+) -> ShedDecision:  # fmt: skip
     """Admit priority p while the pool's queue depth < limit * admit_fraction[p]; the limit follows the pool's
-    live capacity unless fixed, and shrinks for unprotected priorities while TTFT misses the SLO."""
-    return ShedDecision(*capacity_shed_decision(priority, queue_depth, shed, capacity, pool))
+    live capacity unless fixed, and shrinks while the predicted TTFT misses the SLO of a tier above p (`slos`
+    by priority: AdmissionConfig.ttft_slos; the shed config's protected SLO when None)."""
+    return ShedDecision(*capacity_shed_decision(priority, queue_depth, shed, capacity, pool, slos))
 
 
 def window_start(now: float, window_s: int) -> int:

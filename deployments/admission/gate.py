@@ -82,6 +82,7 @@ class AdmissionGate:
 
     def __init__(self, config: AdmissionConfig) -> None:
         self._config = config
+        self._slos = config.ttft_slos()  # the tiers' TTFT SLOs by priority, for shedding
         self._store: KeyStore | None = None
         self._store_lock = asyncio.Lock()
         self._keys: dict[str, tuple[float, ApiKey | None]] = {}
@@ -163,7 +164,8 @@ class AdmissionGate:
         """503 before any engine work when the pool is too busy for this priority; the lowest go first."""
         if not self.enabled:
             return
-        decision = shed_decision(priority, queue_depth, self._config.shed, pool=pool, capacity=capacity)
+        decision = shed_decision(priority, queue_depth, self._config.shed, pool=pool, capacity=capacity,
+                                 slos=self._slos)  # fmt: skip
         if not decision.admit:
             headers = {"Retry-After": str(decision.retry_after_s)}
             raise ServiceUnavailable(decision.reason, code="overloaded", headers=headers)

@@ -1,12 +1,18 @@
-"""Shedding follows the pool's live capacity and the TTFT SLO; Retry-After says when capacity arrives."""
+"""Shedding follows the pool's live capacity and the tiers' TTFT SLOs; Retry-After says when capacity arrives."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from cluster.config import ShedConfig
-from deployments.admission.capacity import PoolCapacity, predicted_ttft_s
+import pytest
+
+from autoscaling.traces import DEFAULT_TIERS, Arrival, tier_slos
+from cluster.config import AdmissionConfig, ShedConfig, TierConfig
+from deployments.admission.capacity import PoolCapacity, defended_slo_s, predicted_ttft_s, shed_limit
 from deployments.admission.decisions import shed_decision
+from deployments.admission.gate import AdmissionGate
+from deployments.errors import ServiceUnavailable
 from deployments.pool_capacity import CapacityWatch, PoolSize, ReplicaCounts
 
 DEFAULT = ShedConfig()
@@ -42,6 +48,49 @@ def test_missing_the_slo_sheds_unprotected_priorities_before_the_capacity_limit(
     slow = PoolCapacity(replicas=1, max_ongoing_requests=128, ttft_s=4.0)  # SLO 2 s: half the share
     assert not shed_decision(3, 60, DEFAULT, capacity=slow).admit  # 128 x 0.75 x 0.5 = 48
     assert shed_decision(2, 60, DEFAULT, capacity=slow).admit  # protected: keeps 128 x 0.9
+
+
+TIER_SLOS = AdmissionConfig().ttft_slos()  # the shipped tiers: enterprise (priority 2) 1 s, pro (3) 2 s
+
+
+def test_the_shipped_tiers_promise_their_ttft_by_default_priority() -> None:
+    assert TIER_SLOS == {2: 1.0, 3: 2.0}  # free promises nothing
+    assert [defended_slo_s(p, DEFAULT, TIER_SLOS) for p in range(1, 6)] == [None, None, 1.0, 1.0, 1.0]
+
+
+def test_tiers_without_an_slo_fall_back_to_the_protected_priorities_slo() -> None:
+    tier = TierConfig(rpm=1, tpm=1, daily_token_quota=1, max_tokens_cap=1, default_priority=3, max_priority=3)
+    config = AdmissionConfig(tiers={"only": tier}, shed=ShedConfig(ttft_slo_s=4.0, slo_protected_priority=1))
+    assert config.ttft_slos() == {1: 4.0}
+
+
+def test_each_priority_makes_room_for_the_tightest_slo_above_it() -> None:
+    # Predicted TTFT 1.5 s misses enterprise's 1 s but not pro's 2 s: pro and below shrink by 1 / 1.5.
+    slow = PoolCapacity(replicas=1, max_ongoing_requests=128, ttft_s=1.5)
+    limits = [shed_limit(p, 10, DEFAULT, slow, None, TIER_SLOS) for p in range(1, 6)]
+    assert limits == pytest.approx([128, 128 * 0.9, 128 * 0.75 / 1.5, 128 * 0.6 / 1.5, 128 * 0.5 / 1.5])
+    # The same TTFT without the tiers' SLOs (ShedConfig's 2 s for the protected priorities) sheds nothing extra.
+    assert shed_limit(3, 10, DEFAULT, slow, None) == pytest.approx(128 * 0.75)
+
+
+def test_an_slo_below_a_priority_does_not_shrink_it() -> None:
+    slos = {2: 5.0, 4: 0.5}  # a tight SLO on a low tier protects it from priority 5 only
+    slow = PoolCapacity(replicas=1, max_ongoing_requests=128, ttft_s=1.0)
+    assert shed_limit(3, 10, DEFAULT, slow, None, slos) == pytest.approx(128 * 0.75)
+    assert shed_limit(5, 10, DEFAULT, slow, None, slos) == pytest.approx(128 * 0.5 * 0.5)
+
+
+def test_the_simulator_sheds_by_its_trace_tiers_slos() -> None:
+    arrivals = [Arrival(0.0, 10, 10, tier) for tier in DEFAULT_TIERS]
+    assert tier_slos(arrivals) == {2: 1.0, 3: 2.0, 5: 5.0}
+
+
+def test_the_gate_sheds_for_the_tiers_slos(tmp_path: Path) -> None:
+    gate = AdmissionGate(AdmissionConfig(key_store_dsn=f"sqlite:///{tmp_path / 'k.db'}"))
+    slow = PoolCapacity(replicas=1, max_ongoing_requests=128, ttft_s=1.5)  # misses enterprise's 1 s
+    gate.shed(2, "main", 100, slow)  # enterprise keeps 128 x 0.9
+    with pytest.raises(ServiceUnavailable):
+        gate.shed(3, "main", 70, slow)  # pro: 128 x 0.75 / 1.5 = 64
 
 
 def test_predicted_ttft_grows_with_the_queue_beyond_capacity() -> None:
