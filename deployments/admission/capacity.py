@@ -89,6 +89,9 @@ def capacity_shed_decision(
     if capacity is not None:
         comparison += f" ({capacity.replicas} replicas x {capacity.max_ongoing_requests}"
         comparison += f", {capacity.starting_replicas} starting)"
+        predicted, slo = predicted_ttft_s(depth, capacity), defended_slo_s(priority, shed, slos)
+        if predicted is not None and slo is not None and predicted > slo:
+            comparison += f"; predicted TTFT {predicted:.3g} s > the {slo:g} s SLO of a higher priority"
     if depth < limit:
         return True, 0, comparison.format("<")
     return False, _retry_after_s(depth, shed, capacity), "overloaded: " + comparison.format(">=")

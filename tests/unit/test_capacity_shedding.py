@@ -89,8 +89,9 @@ def test_the_gate_sheds_for_the_tiers_slos(tmp_path: Path) -> None:
     gate = AdmissionGate(AdmissionConfig(key_store_dsn=f"sqlite:///{tmp_path / 'k.db'}"))
     slow = PoolCapacity(replicas=1, max_ongoing_requests=128, ttft_s=1.5)  # misses enterprise's 1 s
     gate.shed(2, "main", 100, slow)  # enterprise keeps 128 x 0.9
-    with pytest.raises(ServiceUnavailable):
+    with pytest.raises(ServiceUnavailable) as shed:
         gate.shed(3, "main", 70, slow)  # pro: 128 x 0.75 / 1.5 = 64
+    assert "predicted TTFT 1.5 s > the 1 s SLO of a higher priority" in shed.value.message
 
 
 def test_predicted_ttft_grows_with_the_queue_beyond_capacity() -> None:
