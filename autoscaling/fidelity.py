@@ -17,7 +17,13 @@ small shared host, so `calibrate` measures each of those parts through the clust
   CPU (the load generator's process included), an engine's cores while it runs, the serving path's CPU per
   request by the batch it joins (the load generator's players' CPU per request added) and the processes it is
   spread over, and the CPU a start needs, so the simulated engines slow down when the serving path and a
-  starting replica take the host's cores.
+  starting replica take the host's cores;
+* the serving path's wait for a core on an oversubscribed host (`busy_host_delay_s`): every calibration phase
+  above runs one engine on a host with cores to spare, and the trace's second engine leaves none. The busy-host
+  phases play the prefill phase's probes while 16 streams decode beside one and two CPU-hog processes; the
+  delay per unit of oversubscription beyond 1 is fitted so the simulated probes (the hogs simulated as
+  consumers of a core each, so the engine's slower steps and prefills are the host model's) reach their first
+  token when the measured ones did.
 
 `compare` then simulates the measured trace with the calibrated profile and with the engine profile alone (plus
 its idle overhead: the model before calibration) and lines each part up with the measurement.
@@ -26,9 +32,10 @@ its idle overhead: the model before calibration) and lines each part up with the
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ray.serve.config import AutoscalingConfig
@@ -43,6 +50,7 @@ __all__ = ["Calibration", "Measured", "MeasuredRequest", "calibrate", "compare",
 # One tier: the measured run has admission off, so every request has the same priority in the engine.
 _TIER = TierMix("all", 1.0, 3, 1.0)
 _SERVICE_GRID_S = [i * 0.0005 for i in range(61)]  # 0 to 30 ms per request
+_BUSY_DELAY_GRID_S = [i * 0.0025 for i in range(201)]  # 0 to 0.5 s per unit of oversubscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,7 @@ class Measured:
     calibration_origin_unix_s: float = 0.0
     trace_origin_unix_s: float = 0.0
     calibration_client_cpu_s: float = 0.0  # the calibration's trace player's own CPU (it runs on the same host)
+    busy: list[tuple[int, list[MeasuredRequest]]] = field(default_factory=list)  # (CPU hogs, phase's requests)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Measured:
@@ -87,6 +96,8 @@ class Measured:
             trace_origin_unix_s=float(raw["trace"]["start_unix_s"]),
             calibration_client_cpu_s=float(raw["calibration"].get("client_cpu_cores", 0.0))
             * float(raw["calibration"].get("wall_s", 0.0)),
+            busy=[(int(p["hogs"]), [_request(r, label) for r, label in zip(p["records"], p["labels"], strict=True)
+                                    if r["error"] is None]) for p in raw.get("busy_host", [])],
         )  # fmt: skip
 
     def labelled(self, label: str) -> list[MeasuredRequest]:
@@ -213,6 +224,7 @@ def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: i
         errors = {s: _serial_error(dataclasses.replace(profile, serial_s_per_request=s), groups)
                   for s in _SERVICE_GRID_S}  # fmt: skip
         profile = dataclasses.replace(profile, serial_s_per_request=min(errors, key=lambda s: errors[s]))
+    profile, busy_parts = _busy_host_delay(profile, measured)
     parts = {
         "decode_step_s": {"engine_alone": engine.decode_step_s, "in_cluster": profile.decode_step_s},
         "prefill_s_per_token": {"engine_alone": engine.prefill_s_per_token, "in_cluster": prefill_s},
@@ -222,6 +234,7 @@ def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: i
         "cold_start_s": {"engine_alone": engine.cold_start_s, "in_cluster": profile.cold_start_s,
                          "scale_up_decision_s": up_s, "second_replica_serving_s": ready_s},
         "host": host_parts,
+        "busy_host": busy_parts,
     }  # fmt: skip
     return Calibration(profile, engine_only, parts)
 
@@ -258,6 +271,48 @@ def _host_model(profile: EngineProfile, engine: EngineProfile,
                      "light_processes": processes,
                      "cold_start_cpu_s": {"engine_alone": engine.cold_start_cpu_s, "in_cluster": cold_cpu_s},
                      "cold_start_cores_engine_alone": engine.cold_start_cores}  # fmt: skip
+
+
+def _busy_sim(profile: EngineProfile, hogs: int, requests: Sequence[MeasuredRequest]) -> dict[str, float]:
+    """A busy-host phase (`requests` sorted by send) simulated beside `hogs`: its probes' (the one-token
+    requests') mean TTFT and the host's oversubscription when they were sent, its streams' median TPOT."""
+    result = simulate(_as_arrivals(requests), profile, _fixed_pool(), end_s=0.0, cpu_hogs=hogs)
+    probe = [not r.label.endswith("-batch") for r in requests]
+    by_seq = {r.seq: r for r in result.requests}  # seq: the index of its arrival, in the order of `requests`
+    ttfts = [r.first_token_s - r.arrival.t_s for i, r in by_seq.items() if probe[i] and r.first_token_s]
+    tpots = [t for i, r in by_seq.items() if not probe[i] and (t := _sim_tpot(r))]
+    over = [o for i, (_, o) in enumerate(result.oversubscription) if probe[i]]
+    return {"probe_ttft_mean_s": statistics.mean(ttfts or [math.nan]), "oversubscription": statistics.mean(over),
+            "stream_tpot_p50_s": percentile(tpots, 0.5)}  # fmt: skip
+
+
+def _busy_measured(requests: Sequence[MeasuredRequest]) -> dict[str, float]:
+    probes = [r.ttft_s for r in requests if not r.label.endswith("-batch") and r.ttft_s is not None]
+    tpots = [t for r in requests if r.label.endswith("-batch") and (t := r.tpot_s) is not None]
+    return {"probe_ttft_mean_s": statistics.mean(probes or [math.nan]), "stream_tpot_p50_s": percentile(tpots, 0.5)}
+
+
+def _busy_host_delay(profile: EngineProfile, measured: Measured) -> tuple[EngineProfile, dict[str, Any]]:
+    """`busy_host_delay_s` fitted on the busy-host phases (module docstring); off without them or a host model."""
+    phases = [(hogs, sorted(reqs, key=lambda r: r.t_s)) for hogs, reqs in measured.busy if reqs]
+    if not phases or profile.host_cores <= 0:
+        return profile, {"measured": False}
+    want = {hogs: _busy_measured(reqs)["probe_ttft_mean_s"] for hogs, reqs in phases}
+
+    def error(delay_s: float) -> float:
+        candidate = dataclasses.replace(profile, busy_host_delay_s=delay_s)
+        return sum(((_busy_sim(candidate, hogs, reqs)["probe_ttft_mean_s"] - want[hogs]) / want[hogs]) ** 2
+                   for hogs, reqs in phases)  # fmt: skip
+
+    errors = {d: error(d) for d in _BUSY_DELAY_GRID_S}
+    fitted = dataclasses.replace(profile, busy_host_delay_s=min(errors, key=lambda d: errors[d]))
+    quiet = [r.ttft_s for r in measured.calibration if r.label in ("prefill-short", "prefill-long") and r.ttft_s]
+    return fitted, {
+        "measured": True, "busy_host_delay_s": fitted.busy_host_delay_s,
+        "quiet_probe_ttft_mean_s": statistics.mean(quiet or [math.nan]),
+        "phases": {f"hogs{hogs}": {"measured": _busy_measured(reqs), "simulated": _busy_sim(fitted, hogs, reqs),
+                                   "simulated_without": _busy_sim(profile, hogs, reqs)} for hogs, reqs in phases},
+    }  # fmt: skip
 
 
 def _not_rising(points: Sequence[tuple[int, float, int]]) -> list[tuple[int, float]]:

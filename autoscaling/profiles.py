@@ -51,6 +51,10 @@ class EngineProfile:
     light_processes: int = 1  # the processes idle_cores and the serving path's CPU are spread over
     cold_start_cpu_s: float = 0.0  # CPU a starting replica needs until it serves (0: cold_start_s of wall time)
     cold_start_cores: float = 0.0  # the cores a start takes while it has them (cold_start_cpu_s / its wall alone)
+    # The serving path's extra delay on a request's way to its first token per unit of the host's
+    # oversubscription beyond 1 (every consumer's CPU demand / host_cores - 1): its processes' wake-ups wait for a
+    # core when every core is busy. Measured with CPU hogs beside a decoding batch (autoscaling/fidelity.py).
+    busy_host_delay_s: float = 0.0
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)
 

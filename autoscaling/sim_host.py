@@ -17,6 +17,14 @@ engine and the start had ~0.55-0.7 cores each and the serving processes ~0.8, wh
 rate; sharing every consumer at one fraction of its demand, as the model did before, gave the engine ~0.75
 and the serving processes less than they used.
 
+Max-min fairness says how much CPU each consumer gets, not how soon: when the consumers want more than the host's
+cores, a serving process that wakes (HAProxy, the ingress's and the replica's event loops, the engine core's
+input thread: several wake-ups on a request's way to its first token) waits for a core behind the threads
+already running. The model adds that as a delay on the serving path, `busy_host_delay_s` per unit of
+oversubscription beyond 1 (every consumer's demand over the host's cores, `HostShare.oversubscription`; the
+wait for a core grows with the runnable work beyond the cores), measured with CPU-hog processes (each one
+consumer that wants a whole core, `cpu_hogs`) taking cores beside a decoding batch (autoscaling/fidelity.py).
+
 GPU profiles leave `host_cores` at 0 and the host is not modelled: each replica has its device, and the serving
 path runs on CPUs the engines do not need, so the host is not the bottleneck there.
 """
@@ -42,6 +50,7 @@ class HostShare:
     engine: float = 1.0
     start: float = 1.0
     light: float = 1.0
+    oversubscription: float = 0.0  # every consumer's CPU demand over the host's cores (0: not modelled)
 
 
 def fair_level(host_cores: float, demands: Sequence[float]) -> float:
@@ -59,8 +68,9 @@ def fair_level(host_cores: float, demands: Sequence[float]) -> float:
 class HostCpu:
     """The host's CPU share at a moment (`share`)."""
 
-    def __init__(self, profile: EngineProfile) -> None:
+    def __init__(self, profile: EngineProfile, cpu_hogs: int = 0) -> None:
         self.profile = profile
+        self.cpu_hogs = cpu_hogs  # processes outside the cluster that each spin on a core (a calibration phase)
         self._entered: deque[tuple[float, float]] = deque()  # (when, its serving CPU s)
 
     @property
@@ -91,13 +101,19 @@ class HostCpu:
         engines = sum(1 for b in running_batches if b > 0)
         light = self.light_cores(now_s)
         processes = max(1, p.light_processes)
-        level = fair_level(p.host_cores, [*[light / processes] * processes, *[p.engine_cores] * engines,
-                                          *[p.cold_start_cores] * starting])  # fmt: skip
+        demands = [*[light / processes] * processes, *[p.engine_cores] * engines,
+                   *[p.cold_start_cores] * starting, *[1.0] * self.cpu_hogs]  # fmt: skip
+        level = fair_level(p.host_cores, demands)
 
         def fraction(demand: float) -> float:
             return min(1.0, level / demand) if demand > 0 else 1.0
 
-        return HostShare(fraction(p.engine_cores), fraction(p.cold_start_cores), fraction(light / processes))
+        return HostShare(fraction(p.engine_cores), fraction(p.cold_start_cores), fraction(light / processes),
+                         sum(demands) / p.host_cores)  # fmt: skip
+
+    def busy_delay_s(self, share: HostShare) -> float:
+        """The serving path's wait for cores at `share`'s oversubscription (module docstring)."""
+        return self.profile.busy_host_delay_s * max(0.0, share.oversubscription - 1.0)
 
     def speed(self, now_s: float, running_batches: Iterable[int], starting: int) -> float:
         """An engine's fraction of full speed (its steps and prefills)."""

@@ -58,6 +58,7 @@ class SimResult:
     gpu_hours: float
     max_replicas: int
     decisions: list[dict[str, Any]]
+    oversubscription: list[tuple[float, float]] = field(default_factory=list)  # (t_s, the host's) at each send
 
 
 @contextmanager
@@ -72,7 +73,7 @@ def _serve_clock(clock: Callable[[], float]) -> Any:
 
 
 class _Pool:
-    def __init__(self, setup: PolicySetup, profile: EngineProfile) -> None:
+    def __init__(self, setup: PolicySetup, profile: EngineProfile, cpu_hogs: int = 0) -> None:
         self.setup, self.profile = setup, profile
         self.replicas: list[SimReplica] = []
         self.handle_queue: list[SimRequest] = []
@@ -82,7 +83,7 @@ class _Pool:
         self.policy_state: dict[str, Any] = {}
         self.ttft_ewma_s: float | None = None
         self.last_shed_s = -1e18
-        self.host = HostCpu(profile)
+        self.host = HostCpu(profile, cpu_hogs)
         self.now_s = 0.0
 
     def start_replica(self, now_s: float, warm: bool) -> SimReplica:
@@ -193,24 +194,25 @@ class _ServingPath:
     """The way to the pool: the serving path's idle delay (TTFT counts it) plus the wait for its one-at-a-time
     work, so simultaneous arrivals reach the pool spread out, as a burst does through the ingress's and the
     replica's event loops (measured: autoscaling/fidelity.py). On a modelled host both take 1/speed as long, at
-    the serving path's (light) share of the host."""
+    the serving path's (light) share of the host, and an oversubscribed host adds its processes' wait for a
+    core (`busy_delay_s`, autoscaling/sim_host.py)."""
 
     def __init__(self, profile: EngineProfile) -> None:
         self.profile = profile
         self.free_s = -1e18
 
-    def reach_s(self, now_s: float, speed: float) -> float:
+    def reach_s(self, now_s: float, speed: float, busy_delay_s: float = 0.0) -> float:
         wait_s = max(0.0, self.free_s - now_s)
         self.free_s = max(self.free_s, now_s) + self.profile.serial_s_per_request / speed
-        return now_s + wait_s + self.profile.request_overhead_s / speed
+        return now_s + wait_s + self.profile.request_overhead_s / speed + busy_delay_s
 
 
 class _Run:
     """One simulation's event loop state."""
 
-    def __init__(self, arrivals: list[Arrival], profile: EngineProfile, setup: PolicySetup) -> None:
+    def __init__(self, arrivals: list[Arrival], profile: EngineProfile, setup: PolicySetup, cpu_hogs: int = 0) -> None:
         self.arrivals, self.profile, self.setup = arrivals, profile, setup
-        self.pool = _Pool(setup, profile)
+        self.pool = _Pool(setup, profile, cpu_hogs)
         self.path = _ServingPath(profile)
         self.heap: list[tuple[float, int, str, Any, int]] = []
         self.counter = itertools.count()
@@ -223,6 +225,7 @@ class _Run:
         self.max_replicas = 0
         self.ticks = 0
         self.on_the_way = 0  # requests sent that have not yet reached the pool (in the serving path)
+        self.oversubscription: list[tuple[float, float]] = []
         self.slos = tier_slos(arrivals)
 
     def push(self, t_s: float, kind: str, obj: Any = None, version: int = 0) -> None:
@@ -237,7 +240,9 @@ class _Run:
         pool = self.pool
         pool.host.note_request(self.now_s, pool.joining_batch(self.now_s, self.on_the_way))
         self.on_the_way += 1
-        self.push(self.path.reach_s(self.now_s, pool.host_share().light), "arrival", index)
+        share = pool.host_share()
+        self.oversubscription.append((self.now_s, share.oversubscription))
+        self.push(self.path.reach_s(self.now_s, share.light, pool.host.busy_delay_s(share)), "arrival", index)
 
     def arrive(self, index: int) -> None:
         self.on_the_way -= 1
@@ -320,15 +325,16 @@ class _Run:
                     if t_s < end_s or self.pool.total_requests() > 0:
                         self.push(t_s + self.setup.tick_s, "tick")
         return SimResult(self.requests, self.shed, self.timeline, self.gpu_s / 3600, self.max_replicas,
-                         self.decisions)  # fmt: skip
+                         self.decisions, self.oversubscription)  # fmt: skip
 
 
 def simulate(
-    arrivals: list[Arrival], profile: EngineProfile, setup: PolicySetup, end_s: float | None = None
+    arrivals: list[Arrival], profile: EngineProfile, setup: PolicySetup, end_s: float | None = None, cpu_hogs: int = 0
 ) -> SimResult:
     """Play `arrivals` through a pool run by `setup`'s policy until `end_s` (default: the last arrival plus
-    two minutes) and every admitted request has finished."""
-    run = _Run(arrivals, profile, setup)
+    two minutes) and every admitted request has finished; `cpu_hogs` processes outside the pool each spin on
+    one of a modelled host's cores (the busy-host calibration phases)."""
+    run = _Run(arrivals, profile, setup, cpu_hogs)
     set_source = getattr(setup.policy, "set_shed_source", None)
     if set_source is not None:
         set_source(lambda: run.pool.last_shed_s)  # the policy hears of shedding as it does from the ingress

@@ -4,10 +4,13 @@ visible share).
 
     python -m benchmarks._trace_player SPEC.json   → one JSON object on stdout
 
-SPEC: {"url", "model", "requests": [[t_s, prompt_words, max_tokens], ...]}. Each request is sent at its `t_s`
-after the start (open loop), streamed, with `ignore_eos` and a unique first word, so neither the response cache
-nor vLLM's prefix cache shortens its prefill. A record per request: when it was sent, its TTFT and latency, the
-tokens the usage chunk reports (prompt and completion) and the replica that served it (`x-surge-replica`).
+SPEC: {"url", "model", "requests": [[t_s, prompt_words, max_tokens], ...], "first_index"}. Each request is sent
+at its `t_s` after the start (open loop), streamed, with `ignore_eos` and a unique first word (its index from
+`first_index`, default 0: schedules played to the same model give theirs apart, or a request that repeats an
+earlier one's prompt and parameters is answered by the response cache, all its tokens at once), so neither the
+response cache nor vLLM's prefix cache shortens its prefill. A record per request: when it was sent, its TTFT
+and latency, the tokens the usage chunk reports (prompt and completion) and the replica that served it
+(`x-surge-replica`).
 """
 
 from __future__ import annotations
@@ -86,11 +89,12 @@ async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any], r
     record.latency_s = time.perf_counter() - start
 
 
-async def play(url: str, model: str, requests: Sequence[tuple[float, int, int]]) -> dict[str, Any]:
+async def play(url: str, model: str, requests: Sequence[tuple[float, int, int]],
+               first_index: int = 0) -> dict[str, Any]:  # fmt: skip
     """Send every (t_s, prompt_words, max_tokens) at its time; the records and the client's CPU share."""
     records = [PlayRecord(t_s) for t_s, _, _ in requests]
     bodies = [{"model": model, "stream": True, "max_tokens": out, "ignore_eos": True, "temperature": 0.0,
-               "messages": [{"role": "user", "content": prompt_words(i, words)}],
+               "messages": [{"role": "user", "content": prompt_words(first_index + i, words)}],
                "stream_options": {"include_usage": True}}
               for i, (_, words, out) in enumerate(requests)]  # fmt: skip
     connector = aiohttp.TCPConnector(limit=0)
@@ -109,9 +113,11 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def play_schedule(url: str, model: str, requests: Sequence[tuple[float, int, int]], spec_path: Path) -> dict[str, Any]:
+def play_schedule(url: str, model: str, requests: Sequence[tuple[float, int, int]], spec_path: Path,
+                  first_index: int = 0) -> dict[str, Any]:  # fmt: skip
     """Run `play` in a process of its own (the spec goes through `spec_path`) and return its report."""
-    spec_path.write_text(json.dumps({"url": url, "model": model, "requests": [list(r) for r in requests]}))
+    spec_path.write_text(json.dumps({"url": url, "model": model, "requests": [list(r) for r in requests],
+                                     "first_index": first_index}))  # fmt: skip
     last = max((r[0] for r in requests), default=0.0)
     done = subprocess.run([sys.executable, "-m", "benchmarks._trace_player", str(spec_path)], capture_output=True,
                           text=True, check=False, timeout=last + 900)  # fmt: skip
@@ -123,7 +129,7 @@ def play_schedule(url: str, model: str, requests: Sequence[tuple[float, int, int
 def main(argv: Sequence[str] | None = None) -> int:
     spec = json.loads(Path((sys.argv[1:] if argv is None else argv)[0]).read_text())
     requests = [(float(t), int(w), int(o)) for t, w, o in spec["requests"]]
-    json.dump(asyncio.run(play(spec["url"], spec["model"], requests)), sys.stdout)
+    json.dump(asyncio.run(play(spec["url"], spec["model"], requests, int(spec.get("first_index", 0)))), sys.stdout)
     return 0
 
 

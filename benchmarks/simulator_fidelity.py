@@ -7,7 +7,10 @@ the shared heavy lock.
 
 The run, in order: `python -m autoscaling.profile` (the engine alone, the replica's thread count); the cluster;
 a calibration schedule through the cluster (single requests at idle, bursts of simultaneous requests, short and
-long prompts while a batch decodes, batches of concurrent streams); the trace. Every request is sent by a
+long prompts while a batch decodes, batches of concurrent streams); the busy-host phases (the same short and
+long prompts while a batch decodes, beside one and then two CPU-hog processes that each spin on a core, as a
+second engine takes one in the trace: how much slower a request reaches its first token when the host is
+oversubscribed); the trace. Every request is sent by a
 process of its own (benchmarks/_trace_player.py). The simulator is then given the profile calibrated in the
 cluster (`calibrate`) and, for comparison, the engine profile alone with only the idle overhead (the model
 before calibration). `--from-json FILE` redoes the simulations and the comparison from a run's measurements
@@ -25,7 +28,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,9 @@ _PREFILL_STREAM_TOKENS, _PREFILL_PROBES = 200, 10  # ~2 s of 16 streams decoding
 CALIBRATION_POOL = "calibration"
 MEASUREMENTS = RESULTS_DIR / f"{NAME}-measurements.json"
 _IDLE_S = 8.0
+_BUSY_HOGS = (1, 2)  # hogs beside one engine: the host's demand ~1.3x and ~1.8x its cores (the trace's ~1.5x)
+_BUSY_REPEATS = 2
+_HOG_LIMIT_S = 120.0  # a hog ends by itself after this, should its kill be missed
 
 
 def _config(pool_name: str = "main") -> SurgeConfig:
@@ -86,7 +93,7 @@ def calibration_schedule(arrivals: Sequence[Arrival]) -> tuple[list[tuple[float,
     """(t_s, prompt words, max tokens) and a label per request, each phase far apart: singles at idle (the
     trace's own sizes), bursts of 6 simultaneous short requests, the prefill phase, then `_BATCHES` concurrent
     48-token streams with the trace's median prompt (a decode step's cost grows with the context it reads)."""
-    words = int(statistics.median(a.prompt_tokens for a in arrivals)) if arrivals else 8
+    words = _median_words(arrivals)
     schedule: list[tuple[float, int, int]] = []
     labels: list[str] = []
     t = 0.0
@@ -106,16 +113,57 @@ def calibration_schedule(arrivals: Sequence[Arrival]) -> tuple[list[tuple[float,
     return schedule, labels
 
 
-def _prefill_phase(schedule: list[tuple[float, int, int]], labels: list[str], t: float, words: int) -> float:
+def _median_words(arrivals: Sequence[Arrival]) -> int:
+    return int(statistics.median(a.prompt_tokens for a in arrivals)) if arrivals else 8
+
+
+def _prefill_phase(schedule: list[tuple[float, int, int]], labels: list[str], t: float, words: int,
+                   phase: str = "prefill") -> float:  # fmt: skip
     """The prefill through the cluster while a batch decodes, as in the trace: 16 long streams, and while they
     run, one-token requests of short and long prompts in turn (their TTFT difference is the prefill of the
     extra prompt tokens). Returns when the phase has finished."""
     schedule += [(t, words, _PREFILL_STREAM_TOKENS)] * 16
-    labels += ["prefill-batch"] * 16
+    labels += [f"{phase}-batch"] * 16
     for i in range(_PREFILL_PROBES):
         schedule.append((t + 0.3 + 0.15 * i, 8 if i % 2 == 0 else _MAX_PROMPT_WORDS, 1))
-        labels.append("prefill-short" if i % 2 == 0 else "prefill-long")
+        labels.append(f"{phase}-short" if i % 2 == 0 else f"{phase}-long")
     return t + 5.0
+
+
+def busy_schedule(arrivals: Sequence[Arrival], hogs: int) -> tuple[list[tuple[float, int, int]], list[str]]:
+    """The prefill phase `_BUSY_REPEATS` times, labelled `busy<hogs>-...`, to play beside `hogs` CPU hogs."""
+    schedule: list[tuple[float, int, int]] = []
+    labels: list[str] = []
+    t = 0.5
+    for _ in range(_BUSY_REPEATS):
+        t = _prefill_phase(schedule, labels, t, _median_words(arrivals), f"busy{hogs}")
+    return schedule, labels
+
+
+@contextmanager
+def _cpu_hogs(count: int) -> Iterator[None]:
+    """`count` processes that each spin on a core for the block (ended with it, and by themselves after
+    `_HOG_LIMIT_S`): a second engine's demand, without its requests."""
+    code = f"import time\nend = time.time() + {_HOG_LIMIT_S}\nwhile time.time() < end:\n    pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+    try:
+        time.sleep(1.0)  # every hog spinning before the first request
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def _busy_phases(url: str, model: str, arrivals: Sequence[Arrival], tmp: Path) -> list[dict[str, Any]]:
+    phases = []
+    for hogs in _BUSY_HOGS:
+        schedule, labels = busy_schedule(arrivals, hogs)
+        with _cpu_hogs(hogs):
+            # Prompts apart from the calibration's and the other phase's (the response cache would answer repeats).
+            played = play_schedule(url, model, schedule, tmp / f"busy{hogs}.json", first_index=100_000 * hogs)
+        phases.append({"hogs": hogs, "labels": labels, **played})
+    return phases
 
 
 def _running_replicas(deployment_name: str) -> int:
@@ -166,6 +214,7 @@ def _measure(config: SurgeConfig, arrivals: list[Arrival], profile_path: Path) -
         idle = (time.time(), time.time() + _IDLE_S)  # the cluster's own CPU with nothing to serve
         time.sleep(_IDLE_S)
         calibration = play_schedule(url, calib.model_id, schedule, Path(tmp) / "calibration.json")
+        busy = _busy_phases(url, calib.model_id, arrivals, Path(tmp))
         with _Sampler(deployment) as sampler:
             played = play_schedule(url, pool.model_id, trace, Path(tmp) / "trace.json")
             while sampler.samples and sampler.samples[-1][1] > 1 and len(sampler.samples) < 600:
@@ -175,6 +224,7 @@ def _measure(config: SurgeConfig, arrivals: list[Arrival], profile_path: Path) -
     return {
         "host_cpu": {**cpu.to_json(), "idle_window_unix_s": idle},
         "calibration": {"labels": labels, **calibration},
+        "busy_host": busy,
         "trace": played,
         "replicas_timeline": [(t - origin, n) for t, n in sampler.samples],
         "decisions": [{**d, "t_s": float(str(d["t"])) - origin} for d in decisions],

@@ -7,7 +7,7 @@ from typing import Any
 
 from ray.serve.config import AutoscalingConfig
 
-from autoscaling.fidelity import Measured, MeasuredRequest, calibrate
+from autoscaling.fidelity import Measured, MeasuredRequest, _as_arrivals, _busy_host_delay, calibrate
 from autoscaling.profiles import EngineProfile
 from autoscaling.simulator import PolicySetup, simulate
 from autoscaling.traces import DEFAULT_TIERS, Arrival
@@ -84,3 +84,28 @@ def test_serving_cpu_by_batch_that_rises_with_the_batch_is_pooled_by_requests() 
     pooled = _not_rising([(1, 0.002, 1), (4, 0.022, 4), (16, 0.011, 16), (128, 0.010, 128)])
     assert [b for b, _ in pooled] == [1, 4, 16, 128]
     assert all(abs(c - want) < 1e-12 for (_, c), want in zip(pooled, [0.018, 0.018, 0.011, 0.010], strict=True))
+
+
+HOSTED = dataclasses.replace(ENGINE, host_cores=2.0, engine_cores=1.5, idle_cores=0.2)
+
+
+def busy_phase(profile: EngineProfile, hogs: int) -> list[MeasuredRequest]:
+    """16 streams and one-token probes beside `hogs` CPU hogs, their TTFTs as `profile` simulates them."""
+    requests = [MeasuredRequest(0.0, None, 0.0, 200, 20, f"busy{hogs}-batch") for _ in range(16)]
+    requests += [MeasuredRequest(0.3 + 0.15 * i, None, 0.0, 1, 10, f"busy{hogs}-short") for i in range(6)]
+    result = simulate(_as_arrivals(requests), profile, one_replica(), end_s=0.0, cpu_hogs=hogs)
+    ttfts = {r.seq: r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None}
+    return [dataclasses.replace(r, ttft_s=ttfts[i]) for i, r in enumerate(requests)]
+
+
+def test_the_busy_host_delay_is_fitted_so_probes_beside_cpu_hogs_reach_their_first_token_as_measured() -> None:
+    truth = dataclasses.replace(HOSTED, busy_host_delay_s=0.1)
+    run = dataclasses.replace(measured([0.05]), busy=[(1, busy_phase(truth, 1)), (2, busy_phase(truth, 2))])
+    fitted, parts = _busy_host_delay(HOSTED, run)
+    assert abs(fitted.busy_host_delay_s - 0.1) <= 0.0025
+    assert parts["phases"]["hogs2"]["simulated"]["oversubscription"] > 1.0
+
+
+def test_without_a_modelled_host_the_busy_host_phases_change_nothing() -> None:
+    run = dataclasses.replace(measured([0.05]), busy=[(1, busy_phase(HOSTED, 1))])
+    assert _busy_host_delay(ENGINE, run) == (ENGINE, {"measured": False})

@@ -55,7 +55,20 @@ def test_a_serving_path_spread_over_many_processes_gets_its_cpu_before_the_engin
 def test_a_host_that_is_not_modelled_never_slows_anything() -> None:
     host = HostCpu(dataclasses.replace(HOST, host_cores=0.0))
     assert host.speed(0.0, [8, 8, 8], starting=3) == 1.0
+    assert host.busy_delay_s(host.share(0.0, [8, 8, 8], starting=3)) == 0.0
     assert all(p.host_cores == 0 for p in GPU_PROFILES.values())
+
+
+def test_a_cpu_hog_takes_a_core_like_any_consumer_and_counts_in_the_oversubscription() -> None:
+    # an engine wanting 2 cores beside one hog on 2 cores: 1 core each, demand 3 cores on 2
+    share = HostCpu(HOST, cpu_hogs=1).share(0.0, [1], starting=0)
+    assert abs(share.engine - 0.5) < 1e-9 and abs(share.oversubscription - 1.5) < 1e-9
+
+
+def test_the_serving_paths_wait_for_a_core_grows_with_the_demand_beyond_the_cores() -> None:
+    host = HostCpu(dataclasses.replace(HOST, busy_host_delay_s=0.1), cpu_hogs=2)
+    assert abs(host.busy_delay_s(host.share(0.0, [1], starting=0)) - 0.1) < 1e-9  # demand 4 cores on 2
+    assert host.busy_delay_s(host.share(0.0, [], starting=0)) == 0.0  # 2 on 2: a core for each
 
 
 def test_two_replicas_that_each_want_the_whole_host_step_at_half_speed() -> None:

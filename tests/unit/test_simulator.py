@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,29 @@ def test_a_burst_shorter_than_the_default_tick_reaches_a_policy_ticking_at_serve
         seen.clear()
         simulate(burst, PROFILE, PolicySetup("watch", watch, config, False, tick_s=tick_s), end_s=1.0)
         assert (max(seen) > 0) is sees
+
+
+def test_an_oversubscribed_host_delays_each_requests_first_token_by_the_busy_host_delay() -> None:
+    # one request beside three CPU hogs on 2 cores: demand 3 cores (the engine is idle when it is sent)
+    hosted = dataclasses.replace(PROFILE, host_cores=2.0, engine_cores=1.0)
+    one = [Arrival(0.0, 10, 2, DEFAULT_TIERS[0])]
+
+    def ttft_s(profile: EngineProfile, hogs: int) -> float:
+        request = simulate(one, profile, _fixed(), end_s=0.0, cpu_hogs=hogs).requests[0]
+        return float(request.first_token_s or 0.0)
+
+    delayed = dataclasses.replace(hosted, busy_host_delay_s=0.1)
+    assert abs(ttft_s(delayed, 3) - ttft_s(hosted, 3) - 0.05) < 1e-9
+    assert ttft_s(delayed, 0) == ttft_s(hosted, 0)  # a host with cores to spare adds nothing
+    gpu = GPU_PROFILES["h100-llama3.1-8b"]
+    assert ttft_s(dataclasses.replace(gpu, busy_host_delay_s=0.1), 3) == ttft_s(gpu, 3)
+
+
+def _fixed() -> Any:
+    from ray.serve.config import AutoscalingConfig
+
+    from autoscaling.simulator import PolicySetup
+
+    config = AutoscalingConfig(min_replicas=1, max_replicas=1, initial_replicas=1)
+    return PolicySetup("fixed", lambda ctx: (1, {}), config, surge_admission=False)
+
