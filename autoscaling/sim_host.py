@@ -24,6 +24,10 @@ already running. The model adds that as a delay on the serving path, `busy_host_
 oversubscription beyond 1 (every consumer's demand over the host's cores, `HostShare.oversubscription`; the
 wait for a core grows with the runnable work beyond the cores), measured with CPU-hog processes (each one
 consumer that wants a whole core, `cpu_hogs`) taking cores beside a decoding batch (autoscaling/fidelity.py).
+In the committed fidelity run (ca59265) probes beside 16 streams and one hog took 78 ms to their first token
+(29 ms without the hog; 39 ms simulated without the delay, at oversubscription 1.27): 0.158 s per unit. Beside
+two hogs (1.77) the engine itself starved (0.06 cores where this model gives it 0.5; probes 6.5 s), a regime
+the model does not describe; the trace runs at ~1.55 with two engines.
 
 GPU profiles leave `host_cores` at 0 and the host is not modelled: each replica has its device, and the serving
 path runs on CPUs the engines do not need, so the host is not the bottleneck there.
