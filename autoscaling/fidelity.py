@@ -18,12 +18,12 @@ small shared host, so `calibrate` measures each of those parts through the clust
   request by the batch it joins (the load generator's players' CPU per request added) and the processes it is
   spread over, and the CPU a start needs, so the simulated engines slow down when the serving path and a
   starting replica take the host's cores;
-* the engine's slowdown and the serving path's wait for a core on an oversubscribed host
-  (`busy_engine_slowdown`, `busy_host_delay_s`): every calibration phase above runs one engine on a host with
-  cores to spare, and the trace's second engine leaves none. The busy-host phase plays the prefill phase's
-  probes while 16 streams decode beside a CPU-hog process (simulated as a consumer of a core); the slowdown
-  per unit of oversubscription beyond 1 is fitted so the simulated streams step as slowly as the measured ones,
-  then the delay so the simulated probes reach their first token when the measured ones did.
+* the serving path's wait for a core on an oversubscribed host (`busy_host_delay_s`): every calibration phase
+  above runs one engine on a host with cores to spare, and the trace's second engine leaves none. The busy-host
+  phases play the prefill phase's probes while 16 streams decode beside one and two CPU-hog processes; the
+  delay per unit of oversubscription beyond 1 is fitted so the simulated probes (the hogs simulated as
+  consumers of a core each, so the engine's slower steps and prefills are the host model's) reach their first
+  token when the measured ones did.
 
 `compare` then simulates the measured trace with the calibrated profile and with the engine profile alone (plus
 its idle overhead: the model before calibration) and lines each part up with the measurement.
@@ -51,7 +51,6 @@ __all__ = ["Calibration", "Measured", "MeasuredRequest", "calibrate", "compare",
 _TIER = TierMix("all", 1.0, 3, 1.0)
 _SERVICE_GRID_S = [i * 0.0005 for i in range(61)]  # 0 to 30 ms per request
 _BUSY_DELAY_GRID_S = [i * 0.0025 for i in range(201)]  # 0 to 0.5 s per unit of oversubscription
-_BUSY_SLOWDOWN_GRID = [i * 0.025 for i in range(201)]  # steps 1x to 6x as long per unit of oversubscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,36 +292,23 @@ def _busy_measured(requests: Sequence[MeasuredRequest]) -> dict[str, float]:
     return {"probe_ttft_mean_s": statistics.mean(probes or [math.nan]), "stream_tpot_p50_s": percentile(tpots, 0.5)}
 
 
-def _fit_busy(profile: EngineProfile, phases: Sequence[tuple[int, list[MeasuredRequest]]], name: str,
-              grid: Sequence[float], metric: str) -> EngineProfile:  # fmt: skip
-    """`profile` with its field `name` set from `grid` so the phases' simulated `metric` (a _busy_sim key) is
-    nearest their measured one (squared relative errors)."""
-    want = {hogs: _busy_measured(reqs)[metric] for hogs, reqs in phases}
-
-    def with_value(value: float) -> EngineProfile:
-        changes: dict[str, Any] = {name: value}
-        return dataclasses.replace(profile, **changes)
-
-    def error(value: float) -> float:
-        return sum(((_busy_sim(with_value(value), hogs, reqs)[metric] - want[hogs]) / want[hogs]) ** 2
-                   for hogs, reqs in phases)  # fmt: skip
-
-    errors = {value: error(value) for value in grid}
-    return with_value(min(errors, key=lambda v: errors[v]))
-
-
 def _busy_host_delay(profile: EngineProfile, measured: Measured) -> tuple[EngineProfile, dict[str, Any]]:
-    """`busy_engine_slowdown` fitted on the busy-host phases' streams, then `busy_host_delay_s` on their probes
-    (module docstring); off without them or a host model."""
+    """`busy_host_delay_s` fitted on the busy-host phases (module docstring); off without them or a host model."""
     phases = [(hogs, sorted(reqs, key=lambda r: r.t_s)) for hogs, reqs in measured.busy if reqs]
     if not phases or profile.host_cores <= 0:
         return profile, {"measured": False}
-    slower = _fit_busy(profile, phases, "busy_engine_slowdown", _BUSY_SLOWDOWN_GRID, "stream_tpot_p50_s")
-    fitted = _fit_busy(slower, phases, "busy_host_delay_s", _BUSY_DELAY_GRID_S, "probe_ttft_mean_s")
+    want = {hogs: _busy_measured(reqs)["probe_ttft_mean_s"] for hogs, reqs in phases}
+
+    def error(delay_s: float) -> float:
+        candidate = dataclasses.replace(profile, busy_host_delay_s=delay_s)
+        return sum(((_busy_sim(candidate, hogs, reqs)["probe_ttft_mean_s"] - want[hogs]) / want[hogs]) ** 2
+                   for hogs, reqs in phases)  # fmt: skip
+
+    errors = {d: error(d) for d in _BUSY_DELAY_GRID_S}
+    fitted = dataclasses.replace(profile, busy_host_delay_s=min(errors, key=lambda d: errors[d]))
     quiet = [r.ttft_s for r in measured.calibration if r.label in ("prefill-short", "prefill-long") and r.ttft_s]
     return fitted, {
         "measured": True, "busy_host_delay_s": fitted.busy_host_delay_s,
-        "busy_engine_slowdown": fitted.busy_engine_slowdown,
         "quiet_probe_ttft_mean_s": statistics.mean(quiet or [math.nan]),
         "phases": {f"hogs{hogs}": {"measured": _busy_measured(reqs), "simulated": _busy_sim(fitted, hogs, reqs),
                                    "simulated_without": _busy_sim(profile, hogs, reqs)} for hogs, reqs in phases},

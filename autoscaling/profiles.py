@@ -55,9 +55,6 @@ class EngineProfile:
     # oversubscription beyond 1 (every consumer's CPU demand / host_cores - 1): its processes' wake-ups wait for a
     # core when every core is busy. Measured with CPU hogs beside a decoding batch (autoscaling/fidelity.py).
     busy_host_delay_s: float = 0.0
-    # An engine's slowdown per unit of oversubscription beyond 1, beyond its fair share of the cores: its steps
-    # take (1 + this x (oversubscription - 1)) times as long as that share gives. Measured with the same hogs.
-    busy_engine_slowdown: float = 0.0
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)
 

@@ -29,11 +29,6 @@ In the committed fidelity run (ca59265) probes beside 16 streams and one hog too
 two hogs (1.77) the engine itself starved (0.06 cores where this model gives it 0.5; probes 6.5 s), a regime
 the model does not describe; the trace runs at ~1.55 with two engines.
 
-The engine itself also steps slower beside a hog than its fair share says (run 5: streams' TPOT 14.3 ms beside
-one hog, 10.6 ms simulated; its process had 0.47 cores where the share gives ~0.75): the serving processes'
-wake-ups preempt its compute thread. `busy_engine_slowdown` stretches its steps by that, per unit of
-oversubscription beyond 1, fitted on the same phases' streams (autoscaling/fidelity.py).
-
 GPU profiles leave `host_cores` at 0 and the host is not modelled: each replica has its device, and the serving
 path runs on CPUs the engines do not need, so the host is not the bottleneck there.
 """
@@ -117,9 +112,8 @@ class HostCpu:
         def fraction(demand: float) -> float:
             return min(1.0, level / demand) if demand > 0 else 1.0
 
-        over = sum(demands) / p.host_cores
-        engine = fraction(p.engine_cores) / (1.0 + p.busy_engine_slowdown * max(0.0, over - 1.0))
-        return HostShare(engine, fraction(p.cold_start_cores), fraction(light / processes), over)
+        return HostShare(fraction(p.engine_cores), fraction(p.cold_start_cores), fraction(light / processes),
+                         sum(demands) / p.host_cores)  # fmt: skip
 
     def busy_delay_s(self, share: HostShare) -> float:
         """The serving path's wait for cores at `share`'s oversubscription (module docstring)."""

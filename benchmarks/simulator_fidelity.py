@@ -8,8 +8,8 @@ the shared heavy lock.
 The run, in order: `python -m autoscaling.profile` (the engine alone, the replica's thread count); the cluster;
 a calibration schedule through the cluster (single requests at idle, bursts of simultaneous requests, short and
 long prompts while a batch decodes, batches of concurrent streams); the busy-host phases (the same short and
-long prompts while a batch decodes, beside a CPU-hog process that spins on a core, as a second engine takes
-one in the trace: how much slower the engine steps and a request reaches its first token when the host is
+long prompts while a batch decodes, beside one and then two CPU-hog processes that each spin on a core, as a
+second engine takes one in the trace: how much slower a request reaches its first token when the host is
 oversubscribed); the trace. Every request is sent by a
 process of its own (benchmarks/_trace_player.py). The simulator is then given the profile calibrated in the
 cluster (`calibrate`) and, for comparison, the engine profile alone with only the idle overhead (the model
@@ -58,10 +58,7 @@ _PREFILL_STREAM_TOKENS, _PREFILL_PROBES = 200, 10  # ~2 s of 16 streams decoding
 CALIBRATION_POOL = "calibration"
 MEASUREMENTS = RESULTS_DIR / f"{NAME}-measurements.json"
 _IDLE_S = 8.0
-# One hog beside one engine: the host's demand ~1.3x its cores (the trace's ~1.5x). Two hogs (~1.8x) starved the
-# engine (0.06 cores for 68 s, probes 6.5 s to their first token: run 5, ca59265), a regime the host model does
-# not describe, and their phase pulled the engine's fitted slowdown to twice what one hog measures.
-_BUSY_HOGS = (1,)
+_BUSY_HOGS = (1, 2)  # hogs beside one engine: the host's demand ~1.3x and ~1.8x its cores (the trace's ~1.5x)
 _BUSY_REPEATS = 2
 _HOG_LIMIT_S = 120.0  # a hog ends by itself after this, should its kill be missed
 
@@ -281,8 +278,6 @@ def _report(clock: RunClock, raw: dict[str, Any], rate_scale: float) -> tuple[di
     config = _config()
     engine = profile_from_dict(raw["engine_profile"])
     measured = Measured.from_raw(raw)
-    # Only the busy-host phases this benchmark still plays (run 5's measurements also hold two hogs).
-    measured = dataclasses.replace(measured, busy=[p for p in measured.busy if p[0] in _BUSY_HOGS])
     cal = calibrate(engine, measured, config.pools[0].max_ongoing_requests)
     result = compare(cal, measured, _setup(config))
     png = RESULTS_DIR / f"{NAME}.png"

@@ -65,14 +65,6 @@ def test_a_cpu_hog_takes_a_core_like_any_consumer_and_counts_in_the_oversubscrip
     assert abs(share.engine - 0.5) < 1e-9 and abs(share.oversubscription - 1.5) < 1e-9
 
 
-def test_an_oversubscribed_engine_steps_slower_than_its_share_by_its_busy_slowdown() -> None:
-    # an engine wanting 2 cores beside one hog on 2 cores: half its speed by the share, demand 1.5x the cores
-    share = HostCpu(dataclasses.replace(HOST, busy_engine_slowdown=2.0), cpu_hogs=1).share(0.0, [1], starting=0)
-    assert abs(share.engine - 0.5 / (1 + 2.0 * 0.5)) < 1e-9
-    quiet = HostCpu(dataclasses.replace(HOST, busy_engine_slowdown=2.0)).share(0.0, [1], starting=0)
-    assert quiet.engine == 1.0  # 2 cores wanted on 2: no oversubscription, no slowdown
-
-
 def test_the_serving_paths_wait_for_a_core_grows_with_the_demand_beyond_the_cores() -> None:
     host = HostCpu(dataclasses.replace(HOST, busy_host_delay_s=0.1), cpu_hogs=2)
     assert abs(host.busy_delay_s(host.share(0.0, [1], starting=0)) - 0.1) < 1e-9  # demand 4 cores on 2
