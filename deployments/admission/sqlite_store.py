@@ -55,11 +55,15 @@ class _StoreThread:
 
 
 def _on_store_thread(
-    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]],
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]], *, fail_fast: bool = True
 ) -> Callable[Concatenate[SqliteKeyStore, P], Coroutine[Any, Any, T]]:
+    """`method` run on the store's thread. A writing one (`fail_fast`) that waited there while an operation
+    before it found the database locked fails at once (`SqliteKeyStore._guarded`)."""
+
     @functools.wraps(method)
     async def run(self: SqliteKeyStore, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._thread.run(method(self, *args, **kwargs))
+        coro = method(self, *args, **kwargs)
+        return await self._thread.run(self._guarded(coro, time.monotonic()) if fail_fast else coro)
 
     return run
 
@@ -70,6 +74,24 @@ class SqliteKeyStore(_SqlKeyStore):
     def __init__(self, conn: sqlite3.Connection, thread: _StoreThread) -> None:
         self._conn = conn
         self._thread = thread
+        self._locked_at: float | None = None  # when an operation last found the database locked (store thread)
+
+    async def _guarded(self, coro: Coroutine[Any, Any, T], queued_at: float) -> T:
+        """Operations run one after another, each waiting up to the busy timeout for another process's write
+        lock: behind a queue of them, a request would wait that timeout once per operation ahead (60 s and
+        more under load). One queued while the lock made another fail fails at once instead, as an outage
+        (503 + Retry-After); one queued after that tries the lock again, so the store recovers by itself."""
+        if self._locked_at is not None and self._locked_at >= queued_at:
+            coro.close()
+            raise sqlite3.OperationalError("database is locked (found locked while this operation waited)")
+        try:
+            result = await coro
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                self._locked_at = time.monotonic()
+            raise
+        self._locked_at = None
+        return result
 
     @classmethod
     async def connect(cls, path: str) -> SqliteKeyStore:
@@ -103,13 +125,13 @@ class SqliteKeyStore(_SqlKeyStore):
         await _SqlKeyStore._prepare(self)
 
     create_key = _on_store_thread(_SqlKeyStore.create_key)
-    lookup = _on_store_thread(_SqlKeyStore.lookup)
-    list_keys = _on_store_thread(_SqlKeyStore.list_keys)
+    lookup = _on_store_thread(_SqlKeyStore.lookup, fail_fast=False)  # a read: WAL never locks it
+    list_keys = _on_store_thread(_SqlKeyStore.list_keys, fail_fast=False)  # a read: WAL never locks it
     revoke = _on_store_thread(_SqlKeyStore.revoke)
     reserve = _on_store_thread(_SqlKeyStore.reserve)
     atomically = _on_store_thread(_SqlKeyStore.atomically)
     settle = _on_store_thread(_SqlKeyStore.settle)
-    usage = _on_store_thread(_SqlKeyStore.usage)
+    usage = _on_store_thread(_SqlKeyStore.usage, fail_fast=False)  # a read: WAL never locks it
 
     async def _sql(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self._conn.execute(sql, args).fetchall()]

@@ -290,3 +290,27 @@ def test_a_sqlite_store_serves_any_event_loop_and_closes_twice(tmp_path: Path) -
     assert asyncio.run(opened.lookup(plaintext)) is not None
     asyncio.run(opened.close())
     asyncio.run(opened.close())
+
+
+async def test_reservations_queued_behind_a_locked_sqlite_fail_at_once_then_recover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployments.admission import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_BUSY_TIMEOUT_S", 0.5)
+    path = tmp_path / "keys.db"
+    store = await open_store(f"sqlite:///{path}")
+    try:
+        key, _ = await store.create_key("locked", "pro")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # another process's writer holds the database
+        calls = [store.reserve(key.id, now=NOW, requests=1, tokens=1, tier=tier()) for _ in range(6)]
+        errors = [str(e) for e in await asyncio.gather(*calls, return_exceptions=True)]
+        other.execute("ROLLBACK")
+        other.close()
+        # The first waits out the busy timeout; those queued behind it fail without waiting it again.
+        assert errors[0] == "database is locked"
+        assert all("found locked while this operation waited" in e for e in errors[1:]), errors
+        assert isinstance(await store.reserve(key.id, now=NOW, requests=1, tokens=1, tier=tier()), Reservation)
+    finally:
+        await store.close()
