@@ -4,9 +4,11 @@ DevTools protocol: whether each loaded, and its natural size."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -101,14 +103,29 @@ def page_images(page: Path, timeout_s: float = 120) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="surge-chromium-") as profile:
         url = page.resolve().as_uri()
         cmd = [binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", url]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: its renderers and crash handler go with it, not on writing into the profile.
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port = _devtools_port(Path(profile), proc, timeout_s)
             return list(asyncio.run(asyncio.wait_for(_evaluate(port, url, timeout_s), timeout_s)))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Chromium and every process of its session: its profile is removed next, and a renderer still writing
+    there made the removal fail ("Directory not empty: 'Default'")."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the session's last process is gone (reaped by init)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
