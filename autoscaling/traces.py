@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from cluster.config import slos_by_priority
+
 __all__ = ["DEFAULT_TIERS", "Arrival", "TierMix", "load_trace", "offered_rps", "tier_slos"]
 
 
@@ -49,10 +51,7 @@ class Arrival:
 def tier_slos(arrivals: Iterable[Arrival]) -> dict[int, float]:
     """The trace's tiers' TTFT SLOs by priority (the tightest where tiers share one), as admission reads them
     (AdmissionConfig.ttft_slos)."""
-    slos: dict[int, float] = {}
-    for tier in {a.tier for a in arrivals}:
-        slos[tier.priority] = min(tier.ttft_slo_s, slos.get(tier.priority, math.inf))
-    return slos
+    return slos_by_priority((tier.priority, tier.ttft_slo_s) for tier in {a.tier for a in arrivals})
 
 
 def _tier(rng: random.Random, tiers: tuple[TierMix, ...]) -> TierMix:

@@ -9,6 +9,7 @@ from cluster.config.admission import (
     ShedConfig,
     TierConfig,
     default_tiers,
+    slos_by_priority,
 )
 from cluster.config.autoscaling import PoolAutoscalingConfig
 from cluster.config.batch import BatchApiConfig, BatchRunnerConfig
@@ -62,4 +63,5 @@ __all__ = [
     "TracingConfig",
     "default_tiers",
     "load_config",
+    "slos_by_priority",
 ]

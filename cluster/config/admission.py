@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,6 +17,7 @@ __all__ = [
     "ShedConfig",
     "TierConfig",
     "default_tiers",
+    "slos_by_priority",
 ]
 
 DEFAULT_KEY_STORE_DSN = "sqlite:///.cache/surge-keys.db"
@@ -130,6 +132,14 @@ class ShedConfig(_Strict):
         return self.pool_queue_limits.get(pool, self.queue_limit) if pool else self.queue_limit
 
 
+def slos_by_priority(slos: Iterable[tuple[int, float]]) -> dict[int, float]:
+    """(priority, TTFT SLO) pairs as the tightest SLO of each priority, as shedding reads them."""
+    tightest: dict[int, float] = {}
+    for priority, slo in slos:
+        tightest[priority] = min(slo, tightest.get(priority, math.inf))
+    return tightest
+
+
 def default_tiers() -> dict[str, TierConfig]:
     """The free / pro / enterprise tiers surge ships with."""
     return {
@@ -167,11 +177,8 @@ class AdmissionConfig(_Strict):
     def ttft_slos(self) -> dict[int, float]:
         """Each tier's TTFT SLO by its default priority (the tightest where tiers share one); the shed config's
         protected SLO when no tier states one."""
-        slos: dict[int, float] = {}
-        for tier in self.tiers.values():
-            if tier.ttft_slo_s is not None:
-                slos[tier.default_priority] = min(tier.ttft_slo_s, slos.get(tier.default_priority, math.inf))
-        return slos or self.shed.default_slos()
+        stated = ((t.default_priority, t.ttft_slo_s) for t in self.tiers.values() if t.ttft_slo_s is not None)
+        return slos_by_priority(stated) or self.shed.default_slos()
 
     @model_validator(mode="after")
     def _issuer_tiers_exist(self) -> AdmissionConfig:
