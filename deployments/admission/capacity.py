@@ -52,20 +52,32 @@ def defended_slo_s(priority: int, shed: ShedConfig, slos: Mapping[int, float] | 
     return min(above, default=None)
 
 
-def shed_limit(priority: int, depth: int, shed: ShedConfig, capacity: PoolCapacity | None, pool: str | None,
-               slos: Mapping[int, float] | None = None) -> float:  # fmt: skip
-    """The queue depth at which `priority` is shed, and nothing else: the caller compares."""
+def _slo_miss(priority: int, depth: int, shed: ShedConfig, capacity: PoolCapacity | None,
+              slos: Mapping[int, float] | None) -> tuple[float, float] | None:  # fmt: skip
+    """(predicted TTFT, the SLO above `priority` it misses), or None while that SLO is kept."""
+    predicted = predicted_ttft_s(depth, capacity) if capacity is not None else None
+    slo = defended_slo_s(priority, shed, slos)
+    return (predicted, slo) if predicted is not None and slo is not None and predicted > slo else None
+
+
+def _limit(priority: int, shed: ShedConfig, capacity: PoolCapacity | None, pool: str | None,
+           miss: tuple[float, float] | None) -> float:  # fmt: skip
     fixed = shed.queue_limit_for(pool)
     if fixed is None and capacity is None:
         return math.inf  # capacity not known yet: Serve's own backpressure still bounds the queue
     base = fixed if fixed is not None else capacity.requests  # type: ignore[union-attr]
     limit = base * shed.admit_fraction[priority]
-    predicted = predicted_ttft_s(depth, capacity) if capacity is not None else None
-    slo = defended_slo_s(priority, shed, slos)
-    if predicted is not None and slo is not None and predicted > slo:
+    if miss is not None:
         # A tier above misses its SLO: this priority gets the share that would bring TTFT back to it.
+        predicted, slo = miss
         limit *= slo / predicted
     return limit
+
+
+def shed_limit(priority: int, depth: int, shed: ShedConfig, capacity: PoolCapacity | None, pool: str | None,
+               slos: Mapping[int, float] | None = None) -> float:  # fmt: skip
+    """The queue depth at which `priority` is shed, and nothing else: the caller compares."""
+    return _limit(priority, shed, capacity, pool, _slo_miss(priority, depth, shed, capacity, slos))
 
 
 def _retry_after_s(depth: int, shed: ShedConfig, capacity: PoolCapacity | None) -> int:
@@ -84,14 +96,14 @@ def capacity_shed_decision(
 ) -> tuple[bool, int, str]:
     """(admit, retry_after_s, reason) for one request of `priority` meeting `depth` admitted requests."""
     priority = min(max(priority, 1), _LOWEST_PRIORITY)
-    limit = shed_limit(priority, depth, shed, capacity, pool, slos)
+    miss = _slo_miss(priority, depth, shed, capacity, slos)
+    limit = _limit(priority, shed, capacity, pool, miss)
     comparison = f"queue depth {depth} {{}} {limit:.4g} for priority {priority}"
     if capacity is not None:
         comparison += f" ({capacity.replicas} replicas x {capacity.max_ongoing_requests}"
         comparison += f", {capacity.starting_replicas} starting)"
-        predicted, slo = predicted_ttft_s(depth, capacity), defended_slo_s(priority, shed, slos)
-        if predicted is not None and slo is not None and predicted > slo:
-            comparison += f"; predicted TTFT {predicted:.3g} s > the {slo:g} s SLO of a higher priority"
+    if miss is not None:
+        comparison += f"; predicted TTFT {miss[0]:.3g} s > the {miss[1]:g} s SLO of a higher priority"
     if depth < limit:
         return True, 0, comparison.format("<")
     return False, _retry_after_s(depth, shed, capacity), "overloaded: " + comparison.format(">=")
