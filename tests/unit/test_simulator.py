@@ -14,6 +14,7 @@ from autoscaling.profiles import GPU_PROFILES, EngineProfile, load_profile
 from autoscaling.simulate import build_policy, main
 from autoscaling.simulator import simulate
 from autoscaling.traces import DEFAULT_TIERS, Arrival, load_trace
+from tests.unit.test_sim_host import fixed
 
 PROFILE = EngineProfile(
     name="test", decode_step_s=[(1, 0.01), (8, 0.02)], prefill_s_per_token=0.0, prefill_base_s=0.0,
@@ -128,7 +129,7 @@ def test_an_oversubscribed_host_delays_each_requests_first_token_by_the_busy_hos
     one = [Arrival(0.0, 10, 2, DEFAULT_TIERS[0])]
 
     def ttft_s(profile: EngineProfile, hogs: int) -> float:
-        request = simulate(one, profile, _fixed(), end_s=0.0, cpu_hogs=hogs).requests[0]
+        request = simulate(one, profile, fixed(1), end_s=0.0, cpu_hogs=hogs).requests[0]
         return float(request.first_token_s or 0.0)
 
     delayed = dataclasses.replace(hosted, busy_host_delay_s=0.1)
@@ -136,13 +137,3 @@ def test_an_oversubscribed_host_delays_each_requests_first_token_by_the_busy_hos
     assert ttft_s(delayed, 0) == ttft_s(hosted, 0)  # a host with cores to spare adds nothing
     gpu = GPU_PROFILES["h100-llama3.1-8b"]
     assert ttft_s(dataclasses.replace(gpu, busy_host_delay_s=0.1), 3) == ttft_s(gpu, 3)
-
-
-def _fixed() -> Any:
-    from ray.serve.config import AutoscalingConfig
-
-    from autoscaling.simulator import PolicySetup
-
-    config = AutoscalingConfig(min_replicas=1, max_replicas=1, initial_replicas=1)
-    return PolicySetup("fixed", lambda ctx: (1, {}), config, surge_admission=False)
-
