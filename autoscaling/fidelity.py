@@ -6,10 +6,12 @@ small shared host, so `calibrate` measures each of those parts through the clust
 * the decode step by batch size, from the streams' time per output token (prompts of the trace's median
   size: a step reads every sequence's context): on 2 cores the serving processes (HAProxy, ingress, replica,
   Ray's loops) take CPU from the engine for every token they forward;
-* the prefill per prompt token, from short and long prompts sent while a batch decodes (as in the trace);
 * the idle overhead outside the engine: TTFT of single requests at idle beyond the engine's prefill and step;
-* the per-request work the serving path does one request at a time (the ingress's and the replica's event
-  loops): fitted so the simulated bursts of simultaneous requests queue as the measured ones do;
+* the prefill per prompt token and the per-request work the serving path does one request at a time (the
+  ingress's and the replica's event loops), fitted together so the simulated bursts of simultaneous requests,
+  the batches of 64 and 128 simultaneous streams and the short and long prompts sent while a batch decodes
+  reach their first token as the measured ones did (the short-against-long estimate of the prefill alone rests
+  on ten probes: in two runs it came out at 3-6x what the large batches showed);
 * the cold start as the cluster sees it: from the policy's scale-up decision to the new replica serving, which
   adds Ray's actor start and a slower engine load (it shares the cores with the serving replica) to the
   engine's construction alone;
@@ -19,11 +21,14 @@ small shared host, so `calibrate` measures each of those parts through the clust
   spread over, and the CPU a start needs, so the simulated engines slow down when the serving path and a
   starting replica take the host's cores;
 * the serving path's wait for a core on an oversubscribed host (`busy_host_delay_s`): every calibration phase
-  above runs one engine on a host with cores to spare, and the trace's second engine leaves none. The busy-host
-  phases play the prefill phase's probes while 16 streams decode beside one and two CPU-hog processes; the
-  delay per unit of oversubscription beyond 1 is fitted so the simulated probes (the hogs simulated as
-  consumers of a core each, so the engine's slower steps and prefills are the host model's) reach their first
-  token when the measured ones did.
+  above runs one engine on a host with cores to spare, and the trace's second engine leaves none. The
+  second-engine phase plays the prefill phase's probes while 16 streams decode beside a second real engine
+  (a second fixed calibration replica) decoding 16 streams of its own, the trace's condition once its second
+  replica serves; the delay per unit of oversubscription beyond 1 is fitted so the simulated probes (the other
+  engine simulated as a consumer of an engine's cores, so the engine's slower steps and prefills are the host
+  model's) reach their first token when the measured ones did. The phases beside one and two CPU-hog processes
+  are simulated with it as checks (a hog never sleeps and forwards no tokens: beside two the engine starves, a
+  regime the model does not describe); a run without the second-engine phase fits on them.
 
 `compare` then simulates the measured trace with the calibrated profile and with the engine profile alone (plus
 its idle overhead: the model before calibration) and lines each part up with the measurement.
@@ -45,11 +50,12 @@ from autoscaling.profiles import EngineProfile
 from autoscaling.simulator import PolicySetup, SimResult, simulate
 from autoscaling.traces import Arrival, TierMix
 
-__all__ = ["Calibration", "Measured", "MeasuredRequest", "calibrate", "compare", "percentile"]
+__all__ = ["BusyPhase", "Calibration", "Measured", "MeasuredRequest", "calibrate", "compare", "percentile"]
 
 # One tier: the measured run has admission off, so every request has the same priority in the engine.
 _TIER = TierMix("all", 1.0, 3, 1.0)
-_SERVICE_GRID_S = [i * 0.0005 for i in range(61)]  # 0 to 30 ms per request
+_SERVICE_GRID_S = [i * 0.001 for i in range(31)]  # 0 to 30 ms per request
+_PREFILL_FACTORS = [0.25 + 0.125 * i for i in range(23)]  # the engine's prefill alone, x 0.25 to 3
 _BUSY_DELAY_GRID_S = [i * 0.0025 for i in range(201)]  # 0 to 0.5 s per unit of oversubscription
 
 
@@ -70,6 +76,20 @@ class MeasuredRequest:
 
 
 @dataclass(frozen=True)
+class BusyPhase:
+    """A busy-host calibration phase: its requests, played beside `hogs` CPU hogs or `other_engines` engines of
+    another pool decoding throughout."""
+
+    hogs: int
+    requests: list[MeasuredRequest]
+    other_engines: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"engines{self.other_engines + 1}" if self.other_engines else f"hogs{self.hogs}"
+
+
+@dataclass(frozen=True)
 class Measured:
     calibration: list[MeasuredRequest]
     trace: list[MeasuredRequest]
@@ -80,7 +100,7 @@ class Measured:
     calibration_origin_unix_s: float = 0.0
     trace_origin_unix_s: float = 0.0
     calibration_client_cpu_s: float = 0.0  # the calibration's trace player's own CPU (it runs on the same host)
-    busy: list[tuple[int, list[MeasuredRequest]]] = field(default_factory=list)  # (CPU hogs, phase's requests)
+    busy: list[BusyPhase] = field(default_factory=list)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> Measured:
@@ -96,8 +116,7 @@ class Measured:
             trace_origin_unix_s=float(raw["trace"]["start_unix_s"]),
             calibration_client_cpu_s=float(raw["calibration"].get("client_cpu_cores", 0.0))
             * float(raw["calibration"].get("wall_s", 0.0)),
-            busy=[(int(p["hogs"]), [_request(r, label) for r, label in zip(p["records"], p["labels"], strict=True)
-                                    if r["error"] is None]) for p in raw.get("busy_host", [])],
+            busy=[_busy_phase(p) for p in raw.get("busy_host", [])],
         )  # fmt: skip
 
     def labelled(self, label: str) -> list[MeasuredRequest]:
@@ -119,6 +138,12 @@ class Measured:
     def first_scale_up_s(self) -> float | None:
         ups = [float(d["t_s"]) for d in self.decisions if int(d["replicas"]) > int(d["from"])]
         return min(ups, default=None)
+
+
+def _busy_phase(raw: dict[str, Any]) -> BusyPhase:
+    records = zip(raw["records"], raw["labels"], strict=True)
+    requests = [_request(r, label) for r, label in records if r["error"] is None]
+    return BusyPhase(int(raw["hogs"]), sorted(requests, key=lambda r: r.t_s), int(raw.get("other_engines", 0)))
 
 
 def _request(record: dict[str, Any], label: str = "trace") -> MeasuredRequest:
@@ -187,22 +212,59 @@ def _sim_ttfts(result: SimResult) -> list[float]:
     return [r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None]
 
 
-def _serial_error(profile: EngineProfile, groups: Sequence[Sequence[MeasuredRequest]]) -> float:
-    """Squared relative error of the groups' simulated mean TTFT (each group simulated on its own)."""
+def _label_ttfts(profile: EngineProfile, requests: Sequence[MeasuredRequest]) -> dict[str, tuple[float, float]]:
+    """A phase's requests simulated together on one replica, as they ran: (measured, simulated) mean TTFT by
+    label."""
+    ordered = sorted(requests, key=lambda r: r.t_s)
+    simulated: dict[str, list[float]] = {r.label: [] for r in ordered}
+    for request in simulate(_as_arrivals(ordered), profile, _fixed_pool(), end_s=0.0).requests:
+        if request.first_token_s is not None:  # seq: the index of its arrival, in the order of `ordered`
+            simulated[ordered[request.seq].label].append(request.first_token_s - request.arrival.t_s)
+    return {label: (statistics.mean(r.ttft_s or 0.0 for r in ordered if r.label == label),
+                    statistics.mean(ttfts or [math.nan])) for label, ttfts in simulated.items()}  # fmt: skip
+
+
+def _fit_error(profile: EngineProfile, phases: Sequence[Sequence[MeasuredRequest]]) -> float:
+    """Squared relative error of every label's simulated mean TTFT, each phase simulated on its own."""
     error = 0.0
-    for group in groups:
-        result = simulate(_as_arrivals(group), profile, _fixed_pool(), end_s=0.0)
-        want = statistics.mean(r.ttft_s or 0.0 for r in group)
-        error += ((statistics.mean(_sim_ttfts(result)) - want) / max(want, 1e-9)) ** 2
+    for phase in phases:
+        for want, got in _label_ttfts(profile, phase).values():
+            error += ((got - want) / max(want, 1e-9)) ** 2 if not math.isnan(got) else math.inf
     return error
 
 
-def _simultaneous(measured: Measured) -> list[list[MeasuredRequest]]:
-    """The phases of simultaneous arrivals: the bursts, and the batches of 64 streams and more (as many at once
-    as the trace runs; a fit on the 6-request bursts alone queued 128 at once 3x too long)."""
+def _fit_phases(measured: Measured) -> list[list[MeasuredRequest]]:
+    """The phases of simultaneous arrivals, the bursts and the batches of 64 streams and more (as many at once
+    as the trace runs; a fit on the 6-request bursts alone queued 128 at once 3x too long), and the prefill
+    phase (its prompts, short and long, sent while a batch decodes)."""
     batches = [f"batch{b}" for b in sorted({int(r.label[5:]) for r in measured.calibration
                                             if r.label.startswith("batch")}) if b >= 64]  # fmt: skip
-    return [g for g in [measured.labelled("burst"), *(measured.labelled(b) for b in batches)] if g]
+    prefill = [r for r in measured.calibration if r.label.startswith("prefill-")]
+    return [g for g in [measured.labelled("burst"), *(measured.labelled(b) for b in batches), prefill] if g]
+
+
+def _fit_prefill_and_serial(profile: EngineProfile, engine: EngineProfile, measured: Measured,
+                            phase_estimate_s: float | None) -> EngineProfile:  # fmt: skip
+    """The prefill per prompt token and the serving path's serial work per request, fitted together so the
+    fit phases' simulated TTFTs are the measured ones (the idle overhead recomputed for each prefill). The
+    prefill candidates: the engine's alone, scaled by `_PREFILL_FACTORS`, and the prefill phase's own estimate
+    (short against long prompts): that estimate alone rests on ten probes, and in one run it came out at 3x
+    the prefill that the batches of 64 and 128 prompts showed."""
+    phases = _fit_phases(measured)
+    if not phases:
+        return profile
+    singles = measured.labelled("single")
+    candidates = {engine.prefill_s_per_token * f for f in _PREFILL_FACTORS} | {phase_estimate_s or 0.0}
+    best: tuple[float, EngineProfile] = (math.inf, profile)
+    for per_token_s in sorted(candidates):
+        with_prefill = dataclasses.replace(profile, prefill_s_per_token=per_token_s)
+        with_prefill = dataclasses.replace(with_prefill, request_overhead_s=_idle_overhead_s(with_prefill, singles))
+        for serial_s in _SERVICE_GRID_S:
+            candidate = dataclasses.replace(with_prefill, serial_s_per_request=serial_s)
+            error = _fit_error(candidate, phases)
+            if error < best[0]:
+                best = (error, candidate)
+    return best[1]
 
 
 def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: int) -> Calibration:
@@ -219,15 +281,12 @@ def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: i
     if up_s is not None and ready_s is not None and ready_s > up_s:
         profile = dataclasses.replace(profile, cold_start_s=ready_s - up_s)
     profile, host_parts = _host_model(profile, engine, measured)
-    groups = _simultaneous(measured)
-    if groups:
-        errors = {s: _serial_error(dataclasses.replace(profile, serial_s_per_request=s), groups)
-                  for s in _SERVICE_GRID_S}  # fmt: skip
-        profile = dataclasses.replace(profile, serial_s_per_request=min(errors, key=lambda s: errors[s]))
+    profile = _fit_prefill_and_serial(profile, engine, measured, prefill_s)
     profile, busy_parts = _busy_host_delay(profile, measured)
     parts = {
         "decode_step_s": {"engine_alone": engine.decode_step_s, "in_cluster": profile.decode_step_s},
-        "prefill_s_per_token": {"engine_alone": engine.prefill_s_per_token, "in_cluster": prefill_s},
+        "prefill_s_per_token": {"engine_alone": engine.prefill_s_per_token, "prefill_phase_estimate": prefill_s,
+                                "in_cluster": profile.prefill_s_per_token},
         "idle_overhead_s": {"against_engine_alone": engine_only.request_overhead_s,
                             "against_cluster_steps": profile.request_overhead_s},
         "serial_s_per_request": profile.serial_s_per_request,
@@ -273,10 +332,12 @@ def _host_model(profile: EngineProfile, engine: EngineProfile,
                      "cold_start_cores_engine_alone": engine.cold_start_cores}  # fmt: skip
 
 
-def _busy_sim(profile: EngineProfile, hogs: int, requests: Sequence[MeasuredRequest]) -> dict[str, float]:
-    """A busy-host phase (`requests` sorted by send) simulated beside `hogs`: its probes' (the one-token
-    requests') mean TTFT and the host's oversubscription when they were sent, its streams' median TPOT."""
-    result = simulate(_as_arrivals(requests), profile, _fixed_pool(), end_s=0.0, cpu_hogs=hogs)
+def _busy_sim(profile: EngineProfile, phase: BusyPhase) -> dict[str, float]:
+    """A busy-host phase simulated beside its hogs or other engines: its probes' (the one-token requests') mean
+    TTFT and the host's oversubscription when they were sent, its streams' median TPOT."""
+    requests = phase.requests
+    result = simulate(_as_arrivals(requests), profile, _fixed_pool(), end_s=0.0, cpu_hogs=phase.hogs,
+                      other_engines=phase.other_engines)  # fmt: skip
     probe = [not r.label.endswith("-batch") for r in requests]
     by_seq = {r.seq: r for r in result.requests}  # seq: the index of its arrival, in the order of `requests`
     ttfts = [r.first_token_s - r.arrival.t_s for i, r in by_seq.items() if probe[i] and r.first_token_s]
@@ -294,24 +355,26 @@ def _busy_measured(requests: Sequence[MeasuredRequest]) -> dict[str, float]:
 
 def _busy_host_delay(profile: EngineProfile, measured: Measured) -> tuple[EngineProfile, dict[str, Any]]:
     """`busy_host_delay_s` fitted on the busy-host phases (module docstring); off without them or a host model."""
-    phases = [(hogs, sorted(reqs, key=lambda r: r.t_s)) for hogs, reqs in measured.busy if reqs]
+    phases = [p for p in measured.busy if p.requests]
     if not phases or profile.host_cores <= 0:
         return profile, {"measured": False}
-    want = {hogs: _busy_measured(reqs)["probe_ttft_mean_s"] for hogs, reqs in phases}
+    # Fitted beside a second engine, the trace's condition, where measured; the hog phases are then checks.
+    fit_on = [p for p in phases if p.other_engines] or phases
+    want = {p.name: _busy_measured(p.requests)["probe_ttft_mean_s"] for p in fit_on}
 
     def error(delay_s: float) -> float:
         candidate = dataclasses.replace(profile, busy_host_delay_s=delay_s)
-        return sum(((_busy_sim(candidate, hogs, reqs)["probe_ttft_mean_s"] - want[hogs]) / want[hogs]) ** 2
-                   for hogs, reqs in phases)  # fmt: skip
+        return sum(((_busy_sim(candidate, p)["probe_ttft_mean_s"] - want[p.name]) / want[p.name]) ** 2
+                   for p in fit_on)  # fmt: skip
 
     errors = {d: error(d) for d in _BUSY_DELAY_GRID_S}
     fitted = dataclasses.replace(profile, busy_host_delay_s=min(errors, key=lambda d: errors[d]))
     quiet = [r.ttft_s for r in measured.calibration if r.label in ("prefill-short", "prefill-long") and r.ttft_s]
     return fitted, {
-        "measured": True, "busy_host_delay_s": fitted.busy_host_delay_s,
+        "measured": True, "busy_host_delay_s": fitted.busy_host_delay_s, "fitted_on": [p.name for p in fit_on],
         "quiet_probe_ttft_mean_s": statistics.mean(quiet or [math.nan]),
-        "phases": {f"hogs{hogs}": {"measured": _busy_measured(reqs), "simulated": _busy_sim(fitted, hogs, reqs),
-                                   "simulated_without": _busy_sim(profile, hogs, reqs)} for hogs, reqs in phases},
+        "phases": {p.name: {"measured": _busy_measured(p.requests), "simulated": _busy_sim(fitted, p),
+                            "simulated_without": _busy_sim(profile, p)} for p in phases},
     }  # fmt: skip
 
 
@@ -345,15 +408,9 @@ def _calibration_check(profile: EngineProfile, measured: Measured) -> dict[str, 
     a phase's labels ("prefill-batch", "prefill-short", ...) are simulated together, as they ran."""
     out: dict[str, Any] = {}
     for phase in sorted({r.label.split("-")[0] for r in measured.calibration}):
-        reqs = sorted((r for r in measured.calibration if r.label.split("-")[0] == phase), key=lambda r: r.t_s)
-        sim = simulate(_as_arrivals(reqs), profile, _fixed_pool(), end_s=0.0)
-        simulated: dict[str, list[float]] = {r.label: [] for r in reqs}
-        for request in sim.requests:  # seq: the index of its arrival, in the order of `reqs`
-            if request.first_token_s is not None:
-                simulated[reqs[request.seq].label].append(request.first_token_s - request.arrival.t_s)
-        for label, ttfts in simulated.items():
-            out[label] = {"measured_ttft_mean_s": statistics.mean(r.ttft_s or 0.0 for r in reqs if r.label == label),
-                          "simulated_ttft_mean_s": statistics.mean(ttfts or [float("nan")])}  # fmt: skip
+        reqs = [r for r in measured.calibration if r.label.split("-")[0] == phase]
+        for label, (want, got) in _label_ttfts(profile, reqs).items():
+            out[label] = {"measured_ttft_mean_s": want, "simulated_ttft_mean_s": got}
     return out
 
 

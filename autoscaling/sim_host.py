@@ -22,12 +22,12 @@ cores, a serving process that wakes (HAProxy, the ingress's and the replica's ev
 input thread: several wake-ups on a request's way to its first token) waits for a core behind the threads
 already running. The model adds that as a delay on the serving path, `busy_host_delay_s` per unit of
 oversubscription beyond 1 (every consumer's demand over the host's cores, `HostShare.oversubscription`; the
-wait for a core grows with the runnable work beyond the cores), measured with CPU-hog processes (each one
-consumer that wants a whole core, `cpu_hogs`) taking cores beside a decoding batch (autoscaling/fidelity.py).
-In the committed fidelity run (ca59265) probes beside 16 streams and one hog took 78 ms to their first token
-(29 ms without the hog; 39 ms simulated without the delay, at oversubscription 1.27): 0.158 s per unit. Beside
-two hogs (1.77) the engine itself starved (0.06 cores where this model gives it 0.5; probes 6.5 s), a regime
-the model does not describe; the trace runs at ~1.55 with two engines.
+wait for a core grows with the runnable work beyond the cores), measured beside a second real engine decoding
+(`other_engines`: engines outside the pool, each a consumer of an engine's cores) and checked beside CPU-hog
+processes (`cpu_hogs`: each one consumer that wants a whole core) (autoscaling/fidelity.py). In the committed
+fidelity run (run 8) probes beside 16 streams and a second engine decoding 16 more took 66 ms to their first
+token (45 ms simulated without the delay, at oversubscription 1.58): 0.04 s per unit. Beside two hogs (1.93)
+the engine itself starved (probes 5.6 s), a regime the model does not describe.
 
 GPU profiles leave `host_cores` at 0 and the host is not modelled: each replica has its device, and the serving
 path runs on CPUs the engines do not need, so the host is not the bottleneck there.
@@ -72,9 +72,11 @@ def fair_level(host_cores: float, demands: Sequence[float]) -> float:
 class HostCpu:
     """The host's CPU share at a moment (`share`)."""
 
-    def __init__(self, profile: EngineProfile, cpu_hogs: int = 0) -> None:
+    def __init__(self, profile: EngineProfile, cpu_hogs: int = 0, other_engines: int = 0) -> None:
         self.profile = profile
-        self.cpu_hogs = cpu_hogs  # processes outside the cluster that each spin on a core (a calibration phase)
+        # Calibration phases: processes outside the cluster that each spin on a core, and engines outside the
+        # pool that decode throughout.
+        self.cpu_hogs, self.other_engines = cpu_hogs, other_engines
         self._entered: deque[tuple[float, float]] = deque()  # (when, its serving CPU s)
 
     @property
@@ -102,7 +104,7 @@ class HostCpu:
         if not self.modelled:
             return HostShare()
         p = self.profile
-        engines = sum(1 for b in running_batches if b > 0)
+        engines = sum(1 for b in running_batches if b > 0) + self.other_engines
         light = self.light_cores(now_s)
         processes = max(1, p.light_processes)
         demands = [*[light / processes] * processes, *[p.engine_cores] * engines,

@@ -73,7 +73,7 @@ def _serve_clock(clock: Callable[[], float]) -> Any:
 
 
 class _Pool:
-    def __init__(self, setup: PolicySetup, profile: EngineProfile, cpu_hogs: int = 0) -> None:
+    def __init__(self, setup: PolicySetup, profile: EngineProfile, host: HostCpu) -> None:
         self.setup, self.profile = setup, profile
         self.replicas: list[SimReplica] = []
         self.handle_queue: list[SimRequest] = []
@@ -83,7 +83,7 @@ class _Pool:
         self.policy_state: dict[str, Any] = {}
         self.ttft_ewma_s: float | None = None
         self.last_shed_s = -1e18
-        self.host = HostCpu(profile, cpu_hogs)
+        self.host = host
         self.now_s = 0.0
 
     def start_replica(self, now_s: float, warm: bool) -> SimReplica:
@@ -210,9 +210,9 @@ class _ServingPath:
 class _Run:
     """One simulation's event loop state."""
 
-    def __init__(self, arrivals: list[Arrival], profile: EngineProfile, setup: PolicySetup, cpu_hogs: int = 0) -> None:
+    def __init__(self, arrivals: list[Arrival], profile: EngineProfile, setup: PolicySetup, host: HostCpu) -> None:
         self.arrivals, self.profile, self.setup = arrivals, profile, setup
-        self.pool = _Pool(setup, profile, cpu_hogs)
+        self.pool = _Pool(setup, profile, host)
         self.path = _ServingPath(profile)
         self.heap: list[tuple[float, int, str, Any, int]] = []
         self.counter = itertools.count()
@@ -329,12 +329,14 @@ class _Run:
 
 
 def simulate(
-    arrivals: list[Arrival], profile: EngineProfile, setup: PolicySetup, end_s: float | None = None, cpu_hogs: int = 0
+    arrivals: list[Arrival], profile: EngineProfile, setup: PolicySetup, end_s: float | None = None,
+    cpu_hogs: int = 0, other_engines: int = 0,
 ) -> SimResult:
     """Play `arrivals` through a pool run by `setup`'s policy until `end_s` (default: the last arrival plus
-    two minutes) and every admitted request has finished; `cpu_hogs` processes outside the pool each spin on
-    one of a modelled host's cores (the busy-host calibration phases)."""
-    run = _Run(arrivals, profile, setup, cpu_hogs)
+    two minutes) and every admitted request has finished. The busy-host calibration phases: `cpu_hogs`
+    processes outside the pool each spin on one of a modelled host's cores, `other_engines` engines outside it
+    decode throughout."""
+    run = _Run(arrivals, profile, setup, HostCpu(profile, cpu_hogs, other_engines))
     set_source = getattr(setup.policy, "set_shed_source", None)
     if set_source is not None:
         set_source(lambda: run.pool.last_shed_s)  # the policy hears of shedding as it does from the ingress

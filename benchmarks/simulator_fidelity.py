@@ -8,12 +8,12 @@ the shared heavy lock.
 The run, in order: `python -m autoscaling.profile` (the engine alone, the replica's thread count); the cluster;
 a calibration schedule through the cluster (single requests at idle, bursts of simultaneous requests, short and
 long prompts while a batch decodes, batches of concurrent streams); the busy-host phases (the same short and
-long prompts while a batch decodes, beside one and then two CPU-hog processes that each spin on a core, as a
-second engine takes one in the trace: how much slower a request reaches its first token when the host is
-oversubscribed); the trace. Every request is sent by a
-process of its own (benchmarks/_trace_player.py). The simulator is then given the profile calibrated in the
-cluster (`calibrate`) and, for comparison, the engine profile alone with only the idle overhead (the model
-before calibration). `--from-json FILE` redoes the simulations and the comparison from a run's measurements
+long prompts while a batch decodes, beside one and then two CPU-hog processes that each spin on a core, then
+beside the second calibration replica's engine decoding 16 streams of its own, as the trace's second replica
+does: how much slower a request reaches its first token when the host is oversubscribed); the trace. Every
+request is sent by a process of its own (benchmarks/_trace_player.py). The simulator is then given the profile
+calibrated in the cluster (`calibrate`) and, for comparison, the engine profile alone with only the idle overhead
+(the model before calibration). `--from-json FILE` redoes the simulations and the comparison from a run's measurements
 (benchmarks/results/simulator_fidelity-measurements.json), without the cluster (the results keep the measured
 run's header, from the measurements' `run`).
 """
@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ _MAX_OUTPUT, _MAX_PROMPT_WORDS = 48, 200
 _BATCHES = (1, 4, 16, 32, 64, 128)  # the trace reaches ~100 running requests a replica
 _PREFILL_STREAM_TOKENS, _PREFILL_PROBES = 200, 10  # ~2 s of 16 streams decoding; probes 0.15 s apart within
 CALIBRATION_POOL = "calibration"
+SECOND_CALIBRATION_POOL = "calibration-2"
+_OTHER_STREAMS, _OTHER_STREAM_TOKENS = 16, 700  # the second engine's streams: decoding through the whole phase
 MEASUREMENTS = RESULTS_DIR / f"{NAME}-measurements.json"
 _IDLE_S = 8.0
 _BUSY_HOGS = (1, 2)  # hogs beside one engine: the host's demand ~1.3x and ~1.8x its cores (the trace's ~1.5x)
@@ -64,9 +67,9 @@ _HOG_LIMIT_S = 120.0  # a hog ends by itself after this, should its kill be miss
 
 
 def _config(pool_name: str = "main") -> SurgeConfig:
-    """The trace's pool (autoscaled 1..2) and a calibration pool of one fixed replica of the same engine: its
-    large batches measure the step without the trace pool's policy seeing them (and scaling before the trace);
-    it idles while the trace plays."""
+    """The trace's pool (autoscaled 1..2) and two calibration pools of one fixed replica each of the same engine:
+    their batches measure the step without the trace pool's policy seeing them (and scaling before the trace),
+    the second one decodes beside the first in the second-engine phase; they idle while the trace plays."""
     isolate_serve_ports()
     config = load_config()
     scaling = PoolAutoscalingConfig(min_replicas=1, max_replicas=2, target_ongoing_requests=4,
@@ -75,10 +78,11 @@ def _config(pool_name: str = "main") -> SurgeConfig:
     calib = pool.model_copy(update={"name": CALIBRATION_POOL, "served_model_name": CALIBRATION_POOL, "aliases": [],
                                     "autoscaling": PoolAutoscalingConfig(), "num_cpus": 0.5,
                                     "cpus_per_worker": 0.5})  # fmt: skip
+    second = calib.model_copy(update={"name": SECOND_CALIBRATION_POOL, "served_model_name": SECOND_CALIBRATION_POOL})
     return config.model_copy(update={
         "server": config.server.model_copy(update={"port": free_port()}),
         "admission": config.admission.model_copy(update={"enabled": False}),
-        "pools": [pool, calib],
+        "pools": [pool, calib, second],
     })  # fmt: skip
 
 
@@ -130,13 +134,13 @@ def _prefill_phase(schedule: list[tuple[float, int, int]], labels: list[str], t:
     return t + 5.0
 
 
-def busy_schedule(arrivals: Sequence[Arrival], hogs: int) -> tuple[list[tuple[float, int, int]], list[str]]:
-    """The prefill phase `_BUSY_REPEATS` times, labelled `busy<hogs>-...`, to play beside `hogs` CPU hogs."""
+def busy_schedule(arrivals: Sequence[Arrival], phase: str) -> tuple[list[tuple[float, int, int]], list[str]]:
+    """The prefill phase `_BUSY_REPEATS` times, labelled `<phase>-...`, to play on a busy host."""
     schedule: list[tuple[float, int, int]] = []
     labels: list[str] = []
     t = 0.5
     for _ in range(_BUSY_REPEATS):
-        t = _prefill_phase(schedule, labels, t, _median_words(arrivals), f"busy{hogs}")
+        t = _prefill_phase(schedule, labels, t, _median_words(arrivals), phase)
     return schedule, labels
 
 
@@ -158,12 +162,27 @@ def _cpu_hogs(count: int) -> Iterator[None]:
 def _busy_phases(url: str, model: str, arrivals: Sequence[Arrival], tmp: Path) -> list[dict[str, Any]]:
     phases = []
     for hogs in _BUSY_HOGS:
-        schedule, labels = busy_schedule(arrivals, hogs)
+        schedule, labels = busy_schedule(arrivals, f"busy{hogs}")
         with _cpu_hogs(hogs):
             # Prompts apart from the calibration's and the other phase's (the response cache would answer repeats).
             played = play_schedule(url, model, schedule, tmp / f"busy{hogs}.json", first_index=100_000 * hogs)
         phases.append({"hogs": hogs, "labels": labels, **played})
     return phases
+
+
+def _second_engine_phase(url: str, model: str, other_model: str, arrivals: Sequence[Arrival],
+                         tmp: Path) -> dict[str, Any]:  # fmt: skip
+    """The busy-host phase beside a second real engine, the trace's condition once its second replica serves:
+    the other calibration replica decodes `_OTHER_STREAMS` long streams through the whole phase (its records
+    are kept, `other`, to check that they did)."""
+    schedule, labels = busy_schedule(arrivals, "engines2")
+    other = [(0.0, _median_words(arrivals), _OTHER_STREAM_TOKENS)] * _OTHER_STREAMS
+    with ThreadPoolExecutor(1) as side:
+        streams = side.submit(play_schedule, url, other_model, other, tmp / "other.json", first_index=300_000)
+        time.sleep(2.0)  # the other engine's streams decoding before the phase's first request
+        played = play_schedule(url, model, schedule, tmp / "engines2.json", first_index=400_000)
+        other_played = streams.result()
+    return {"hogs": 0, "other_engines": 1, "labels": labels, **played, "other": other_played}
 
 
 def _running_replicas(deployment_name: str) -> int:
@@ -202,19 +221,20 @@ class _Sampler:
 
 def _measure(config: SurgeConfig, arrivals: list[Arrival], profile_path: Path) -> dict[str, Any]:
     subprocess.run([sys.executable, "-m", "autoscaling.profile", "--out", str(profile_path)], check=True)
-    pool, calib = config.pools
+    pool, calib, second = config.pools
     deployment = pool_deployment_name(pool)
     schedule, labels = calibration_schedule(arrivals)
     trace = [(a.t_s, a.prompt_tokens, a.output_tokens) for a in arrivals]
     cpu = CpuSampler()
     with tempfile.TemporaryDirectory() as tmp, serving(config) as url, cpu:
         wait_ready(url)
-        for model in (pool.model_id, calib.model_id):  # first-call paths
+        for model in (pool.model_id, calib.model_id, second.model_id):  # first-call paths
             play_schedule(url, model, [(0.0, 8, 4), (0.5, 8, 4)], Path(tmp) / "warm.json")
         idle = (time.time(), time.time() + _IDLE_S)  # the cluster's own CPU with nothing to serve
         time.sleep(_IDLE_S)
         calibration = play_schedule(url, calib.model_id, schedule, Path(tmp) / "calibration.json")
         busy = _busy_phases(url, calib.model_id, arrivals, Path(tmp))
+        busy.append(_second_engine_phase(url, calib.model_id, second.model_id, arrivals, Path(tmp)))
         with _Sampler(deployment) as sampler:
             played = play_schedule(url, pool.model_id, trace, Path(tmp) / "trace.json")
             while sampler.samples and sampler.samples[-1][1] > 1 and len(sampler.samples) < 600:

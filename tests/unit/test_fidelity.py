@@ -7,7 +7,7 @@ from typing import Any
 
 from ray.serve.config import AutoscalingConfig
 
-from autoscaling.fidelity import Measured, MeasuredRequest, _as_arrivals, _busy_host_delay, calibrate
+from autoscaling.fidelity import BusyPhase, Measured, MeasuredRequest, _as_arrivals, _busy_host_delay, calibrate
 from autoscaling.profiles import EngineProfile
 from autoscaling.simulator import PolicySetup, simulate
 from autoscaling.traces import DEFAULT_TIERS, Arrival
@@ -68,12 +68,16 @@ def test_the_idle_overhead_is_what_the_engine_does_not_explain() -> None:
     assert abs(cal.engine_only.request_overhead_s - 0.035) < 1e-9
 
 
-def test_the_prefill_per_token_is_read_from_short_and_long_prompts_sent_while_a_batch_decodes() -> None:
+def test_the_prefill_per_token_is_fitted_on_short_and_long_prompts_sent_while_a_batch_decodes() -> None:
+    # The measured cluster: steps of 0.03 s (its batch16 streams), singles at 0.05 s, 0.1 ms a prompt token.
+    truth = dataclasses.replace(ENGINE, decode_step_s=[(16, 0.03)], prefill_s_per_token=0.0001,
+                                request_overhead_s=0.014)  # fmt: skip
     probes = [MeasuredRequest(40.0 + i, 0.05, 0.05, 1, 10, "prefill-short") for i in range(3)]
     probes += [MeasuredRequest(40.5 + i, 0.07, 0.07, 1, 210, "prefill-long") for i in range(3)]
-    base = measured(burst_ttfts(ENGINE))
+    base = measured(burst_ttfts(truth))
     cal = calibrate(ENGINE, dataclasses.replace(base, calibration=base.calibration + probes), 64)
     assert abs(cal.profile.prefill_s_per_token - 0.0001) < 1e-12
+    assert cal.parts["prefill_s_per_token"]["prefill_phase_estimate"] == cal.profile.prefill_s_per_token
     assert calibrate(ENGINE, base, 64).profile.prefill_s_per_token == ENGINE.prefill_s_per_token
 
 
@@ -89,23 +93,37 @@ def test_serving_cpu_by_batch_that_rises_with_the_batch_is_pooled_by_requests() 
 HOSTED = dataclasses.replace(ENGINE, host_cores=2.0, engine_cores=1.5, idle_cores=0.2)
 
 
-def busy_phase(profile: EngineProfile, hogs: int) -> list[MeasuredRequest]:
-    """16 streams and one-token probes beside `hogs` CPU hogs, their TTFTs as `profile` simulates them."""
-    requests = [MeasuredRequest(0.0, None, 0.0, 200, 20, f"busy{hogs}-batch") for _ in range(16)]
-    requests += [MeasuredRequest(0.3 + 0.15 * i, None, 0.0, 1, 10, f"busy{hogs}-short") for i in range(6)]
-    result = simulate(_as_arrivals(requests), profile, one_replica(), end_s=0.0, cpu_hogs=hogs)
+def busy_phase(profile: EngineProfile, hogs: int, other_engines: int = 0) -> list[MeasuredRequest]:
+    """16 streams and one-token probes beside `hogs` CPU hogs or `other_engines` decoding engines, their TTFTs
+    as `profile` simulates them."""
+    requests = [MeasuredRequest(0.0, None, 0.0, 200, 20, "busy-batch") for _ in range(16)]
+    requests += [MeasuredRequest(0.3 + 0.15 * i, None, 0.0, 1, 10, "busy-short") for i in range(6)]
+    result = simulate(_as_arrivals(requests), profile, one_replica(), end_s=0.0, cpu_hogs=hogs,
+                      other_engines=other_engines)  # fmt: skip
     ttfts = {r.seq: r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None}
     return [dataclasses.replace(r, ttft_s=ttfts[i]) for i, r in enumerate(requests)]
 
 
 def test_the_busy_host_delay_is_fitted_so_probes_beside_cpu_hogs_reach_their_first_token_as_measured() -> None:
     truth = dataclasses.replace(HOSTED, busy_host_delay_s=0.1)
-    run = dataclasses.replace(measured([0.05]), busy=[(1, busy_phase(truth, 1)), (2, busy_phase(truth, 2))])
+    phases = [BusyPhase(1, busy_phase(truth, 1)), BusyPhase(2, busy_phase(truth, 2))]
+    run = dataclasses.replace(measured([0.05]), busy=phases)
     fitted, parts = _busy_host_delay(HOSTED, run)
     assert abs(fitted.busy_host_delay_s - 0.1) <= 0.0025
     assert parts["phases"]["hogs2"]["simulated"]["oversubscription"] > 1.0
 
 
+def test_beside_a_second_engine_the_delay_is_fitted_there_and_the_hog_phases_are_checks() -> None:
+    truth = dataclasses.replace(HOSTED, busy_host_delay_s=0.1)
+    hogs = BusyPhase(1, busy_phase(dataclasses.replace(HOSTED, busy_host_delay_s=0.3), 1))
+    engines = BusyPhase(0, busy_phase(truth, 0, other_engines=1), other_engines=1)
+    fitted, parts = _busy_host_delay(HOSTED, dataclasses.replace(measured([0.05]), busy=[hogs, engines]))
+    assert abs(fitted.busy_host_delay_s - 0.1) <= 0.01  # one phase: its probes land between discrete steps
+    assert parts["fitted_on"] == ["engines2"]
+    assert parts["phases"]["engines2"]["simulated"]["oversubscription"] > 1.0
+    assert set(parts["phases"]) == {"hogs1", "engines2"}
+
+
 def test_without_a_modelled_host_the_busy_host_phases_change_nothing() -> None:
-    run = dataclasses.replace(measured([0.05]), busy=[(1, busy_phase(HOSTED, 1))])
+    run = dataclasses.replace(measured([0.05]), busy=[BusyPhase(1, busy_phase(HOSTED, 1))])
     assert _busy_host_delay(ENGINE, run) == (ENGINE, {"measured": False})
