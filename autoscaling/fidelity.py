@@ -248,8 +248,8 @@ def _fit_prefill_and_serial(profile: EngineProfile, engine: EngineProfile, measu
     """The prefill per prompt token and the serving path's serial work per request, fitted together so the
     fit phases' simulated TTFTs are the measured ones (the idle overhead recomputed for each prefill). The
     prefill candidates: the engine's alone, scaled by `_PREFILL_FACTORS`, and the prefill phase's own estimate
-    (short against long prompts): that estimate alone rests on ten probes, and in one run it came out at 3x
-    the prefill that the batches of 64 and 128 prompts showed."""
+    (short against long prompts): that estimate alone rests on ten probes, and in runs 6 and 7 it came out at
+    4-6x the prefill that the batches of 64 and 128 prompts showed."""
     phases = _fit_phases(measured)
     if not phases:
         return profile
