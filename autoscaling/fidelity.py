@@ -40,125 +40,26 @@ import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ray.serve.config import AutoscalingConfig
-
-from autoscaling.host_calibration import HostSamples, Window
+from autoscaling.busy_host import fit_busy_host_delay
+from autoscaling.measured_run import (
+    Measured,
+    MeasuredRequest,
+    as_arrivals,
+    label_ttfts,
+    percentile,
+    sim_tpot,
+    sim_ttfts,
+)
 from autoscaling.profiles import EngineProfile
 from autoscaling.simulator import PolicySetup, SimResult, simulate
-from autoscaling.traces import Arrival, TierMix
 
-__all__ = ["BusyPhase", "Calibration", "Measured", "MeasuredRequest", "calibrate", "compare", "percentile"]
+__all__ = ["Calibration", "calibrate", "compare"]
 
-# One tier: the measured run has admission off, so every request has the same priority in the engine.
-_TIER = TierMix("all", 1.0, 3, 1.0)
 _SERVICE_GRID_S = [i * 0.001 for i in range(31)]  # 0 to 30 ms per request
 _PREFILL_FACTORS = [0.25 + 0.125 * i for i in range(23)]  # the engine's prefill alone, x 0.25 to 3
-_BUSY_DELAY_GRID_S = [i * 0.0025 for i in range(201)]  # 0 to 0.5 s per unit of oversubscription
-
-
-@dataclass(frozen=True, slots=True)
-class MeasuredRequest:
-    t_s: float  # when it was sent, from the start of its schedule
-    ttft_s: float | None
-    latency_s: float
-    tokens: int
-    prompt_tokens: int
-    label: str = "trace"
-
-    @property
-    def tpot_s(self) -> float | None:
-        if self.ttft_s is None or self.tokens < 2:
-            return None
-        return (self.latency_s - self.ttft_s) / (self.tokens - 1)
-
-
-@dataclass(frozen=True)
-class BusyPhase:
-    """A busy-host calibration phase: its requests, played beside `hogs` CPU hogs or `other_engines` engines of
-    another pool decoding throughout."""
-
-    hogs: int
-    requests: list[MeasuredRequest]
-    other_engines: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"engines{self.other_engines + 1}" if self.other_engines else f"hogs{self.hogs}"
-
-
-@dataclass(frozen=True)
-class Measured:
-    calibration: list[MeasuredRequest]
-    trace: list[MeasuredRequest]
-    replicas: list[tuple[float, int]]  # (s since the trace started, serving replicas)
-    decisions: list[dict[str, Any]]  # the policy's decisions, t_s since the trace started
-    client_cpu_cores: float
-    host: HostSamples | None = None  # the cluster's CPU by process (runs before the host model: None)
-    calibration_origin_unix_s: float = 0.0
-    trace_origin_unix_s: float = 0.0
-    calibration_client_cpu_s: float = 0.0  # the calibration's trace player's own CPU (it runs on the same host)
-    busy: list[BusyPhase] = field(default_factory=list)
-
-    @classmethod
-    def from_raw(cls, raw: dict[str, Any]) -> Measured:
-        labels = raw["calibration"]["labels"]
-        return cls(
-            calibration=[_request(r, label) for r, label in zip(raw["calibration"]["records"], labels, strict=True)
-                         if r["error"] is None],
-            trace=[_request(r) for r in raw["trace"]["records"] if r["error"] is None],
-            replicas=[(float(t), int(n)) for t, n in raw["replicas_timeline"]],
-            decisions=list(raw["decisions"]), client_cpu_cores=float(raw["trace"]["client_cpu_cores"]),
-            host=HostSamples(raw["host_cpu"]) if "host_cpu" in raw else None,
-            calibration_origin_unix_s=float(raw["calibration"]["start_unix_s"]),
-            trace_origin_unix_s=float(raw["trace"]["start_unix_s"]),
-            calibration_client_cpu_s=float(raw["calibration"].get("client_cpu_cores", 0.0))
-            * float(raw["calibration"].get("wall_s", 0.0)),
-            busy=[_busy_phase(p) for p in raw.get("busy_host", [])],
-        )  # fmt: skip
-
-    def labelled(self, label: str) -> list[MeasuredRequest]:
-        return [r for r in self.calibration if r.label == label]
-
-    def ttft_points(self) -> list[tuple[float, float]]:
-        return [(r.t_s, r.ttft_s) for r in self.trace if r.ttft_s is not None]
-
-    def second_replica_s(self) -> float | None:
-        """When the measured pool first served on more than one replica."""
-        return next((t for t, n in self.replicas if n > 1), None)
-
-    def window(self, requests: Sequence[MeasuredRequest]) -> Window:
-        """From the first request's send to the last one's end, in wall time (calibration requests)."""
-        origin = self.calibration_origin_unix_s
-        return Window(origin + min(r.t_s for r in requests), origin + max(r.t_s + r.latency_s for r in requests),
-                      len(requests))  # fmt: skip
-
-    def first_scale_up_s(self) -> float | None:
-        ups = [float(d["t_s"]) for d in self.decisions if int(d["replicas"]) > int(d["from"])]
-        return min(ups, default=None)
-
-
-def _busy_phase(raw: dict[str, Any]) -> BusyPhase:
-    records = zip(raw["records"], raw["labels"], strict=True)
-    requests = [_request(r, label) for r, label in records if r["error"] is None]
-    return BusyPhase(int(raw["hogs"]), sorted(requests, key=lambda r: r.t_s), int(raw.get("other_engines", 0)))
-
-
-def _request(record: dict[str, Any], label: str = "trace") -> MeasuredRequest:
-    return MeasuredRequest(float(record["sent_s"]), record["ttft_s"], float(record["latency_s"]),
-                           int(record["tokens"]), int(record["prompt_tokens"] or 0), label)  # fmt: skip
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * q
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass(frozen=True)
@@ -197,38 +98,11 @@ def _idle_overhead_s(profile: EngineProfile, singles: Sequence[MeasuredRequest])
     return max(0.0, statistics.median(extra)) if extra else 0.0
 
 
-def _fixed_pool(replicas: int = 1) -> PolicySetup:
-    config = AutoscalingConfig(min_replicas=replicas, max_replicas=replicas, initial_replicas=replicas,
-                               upscale_delay_s=0, downscale_delay_s=0)  # fmt: skip
-    return PolicySetup("fixed", lambda ctx: (replicas, {}), config, surge_admission=False)
-
-
-def _as_arrivals(requests: Sequence[MeasuredRequest]) -> list[Arrival]:
-    return sorted((Arrival(r.t_s, r.prompt_tokens, max(1, r.tokens), _TIER) for r in requests),
-                  key=lambda a: a.t_s)  # fmt: skip
-
-
-def _sim_ttfts(result: SimResult) -> list[float]:
-    return [r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None]
-
-
-def _label_ttfts(profile: EngineProfile, requests: Sequence[MeasuredRequest]) -> dict[str, tuple[float, float]]:
-    """A phase's requests simulated together on one replica, as they ran: (measured, simulated) mean TTFT by
-    label."""
-    ordered = sorted(requests, key=lambda r: r.t_s)
-    simulated: dict[str, list[float]] = {r.label: [] for r in ordered}
-    for request in simulate(_as_arrivals(ordered), profile, _fixed_pool(), end_s=0.0).requests:
-        if request.first_token_s is not None:  # seq: the index of its arrival, in the order of `ordered`
-            simulated[ordered[request.seq].label].append(request.first_token_s - request.arrival.t_s)
-    return {label: (statistics.mean(r.ttft_s or 0.0 for r in ordered if r.label == label),
-                    statistics.mean(ttfts or [math.nan])) for label, ttfts in simulated.items()}  # fmt: skip
-
-
 def _fit_error(profile: EngineProfile, phases: Sequence[Sequence[MeasuredRequest]]) -> float:
     """Squared relative error of every label's simulated mean TTFT, each phase simulated on its own."""
     error = 0.0
     for phase in phases:
-        for want, got in _label_ttfts(profile, phase).values():
+        for want, got in label_ttfts(profile, phase).values():
             error += ((got - want) / max(want, 1e-9)) ** 2 if not math.isnan(got) else math.inf
     return error
 
@@ -282,7 +156,7 @@ def calibrate(engine: EngineProfile, measured: Measured, max_ongoing_requests: i
         profile = dataclasses.replace(profile, cold_start_s=ready_s - up_s)
     profile, host_parts = _host_model(profile, engine, measured)
     profile = _fit_prefill_and_serial(profile, engine, measured, prefill_s)
-    profile, busy_parts = _busy_host_delay(profile, measured)
+    profile, busy_parts = fit_busy_host_delay(profile, measured)
     parts = {
         "decode_step_s": {"engine_alone": engine.decode_step_s, "in_cluster": profile.decode_step_s},
         "prefill_s_per_token": {"engine_alone": engine.prefill_s_per_token, "prefill_phase_estimate": prefill_s,
@@ -332,52 +206,6 @@ def _host_model(profile: EngineProfile, engine: EngineProfile,
                      "cold_start_cores_engine_alone": engine.cold_start_cores}  # fmt: skip
 
 
-def _busy_sim(profile: EngineProfile, phase: BusyPhase) -> dict[str, float]:
-    """A busy-host phase simulated beside its hogs or other engines: its probes' (the one-token requests') mean
-    TTFT and the host's oversubscription when they were sent, its streams' median TPOT."""
-    requests = phase.requests
-    result = simulate(_as_arrivals(requests), profile, _fixed_pool(), end_s=0.0, cpu_hogs=phase.hogs,
-                      other_engines=phase.other_engines)  # fmt: skip
-    probe = [not r.label.endswith("-batch") for r in requests]
-    by_seq = {r.seq: r for r in result.requests}  # seq: the index of its arrival, in the order of `requests`
-    ttfts = [r.first_token_s - r.arrival.t_s for i, r in by_seq.items() if probe[i] and r.first_token_s]
-    tpots = [t for i, r in by_seq.items() if not probe[i] and (t := _sim_tpot(r))]
-    over = [o for i, (_, o) in enumerate(result.oversubscription) if probe[i]]
-    return {"probe_ttft_mean_s": statistics.mean(ttfts or [math.nan]), "oversubscription": statistics.mean(over),
-            "stream_tpot_p50_s": percentile(tpots, 0.5)}  # fmt: skip
-
-
-def _busy_measured(requests: Sequence[MeasuredRequest]) -> dict[str, float]:
-    probes = [r.ttft_s for r in requests if not r.label.endswith("-batch") and r.ttft_s is not None]
-    tpots = [t for r in requests if r.label.endswith("-batch") and (t := r.tpot_s) is not None]
-    return {"probe_ttft_mean_s": statistics.mean(probes or [math.nan]), "stream_tpot_p50_s": percentile(tpots, 0.5)}
-
-
-def _busy_host_delay(profile: EngineProfile, measured: Measured) -> tuple[EngineProfile, dict[str, Any]]:
-    """`busy_host_delay_s` fitted on the busy-host phases (module docstring); off without them or a host model."""
-    phases = [p for p in measured.busy if p.requests]
-    if not phases or profile.host_cores <= 0:
-        return profile, {"measured": False}
-    # Fitted beside a second engine, the trace's condition, where measured; the hog phases are then checks.
-    fit_on = [p for p in phases if p.other_engines] or phases
-    want = {p.name: _busy_measured(p.requests)["probe_ttft_mean_s"] for p in fit_on}
-
-    def error(delay_s: float) -> float:
-        candidate = dataclasses.replace(profile, busy_host_delay_s=delay_s)
-        return sum(((_busy_sim(candidate, p)["probe_ttft_mean_s"] - want[p.name]) / want[p.name]) ** 2
-                   for p in fit_on)  # fmt: skip
-
-    errors = {d: error(d) for d in _BUSY_DELAY_GRID_S}
-    fitted = dataclasses.replace(profile, busy_host_delay_s=min(errors, key=lambda d: errors[d]))
-    quiet = [r.ttft_s for r in measured.calibration if r.label in ("prefill-short", "prefill-long") and r.ttft_s]
-    return fitted, {
-        "measured": True, "busy_host_delay_s": fitted.busy_host_delay_s, "fitted_on": [p.name for p in fit_on],
-        "quiet_probe_ttft_mean_s": statistics.mean(quiet or [math.nan]),
-        "phases": {p.name: {"measured": _busy_measured(p.requests), "simulated": _busy_sim(fitted, p),
-                            "simulated_without": _busy_sim(profile, p)} for p in phases},
-    }  # fmt: skip
-
-
 def _not_rising(points: Sequence[tuple[int, float, int]]) -> list[tuple[int, float]]:
     """(batch, cost) with neighbours that rise with the batch pooled, weighted by their requests (pool adjacent
     violators): a request's serving CPU falls with the batch it shares steps with, and a phase of one or four
@@ -409,7 +237,7 @@ def _calibration_check(profile: EngineProfile, measured: Measured) -> dict[str, 
     out: dict[str, Any] = {}
     for phase in sorted({r.label.split("-")[0] for r in measured.calibration}):
         reqs = [r for r in measured.calibration if r.label.split("-")[0] == phase]
-        for label, (want, got) in _label_ttfts(profile, reqs).items():
+        for label, (want, got) in label_ttfts(profile, reqs).items():
             out[label] = {"measured_ttft_mean_s": want, "simulated_ttft_mean_s": got}
     return out
 
@@ -417,7 +245,7 @@ def _calibration_check(profile: EngineProfile, measured: Measured) -> dict[str, 
 def compare(cal: Calibration, measured: Measured, make_setup: Callable[[], PolicySetup]) -> dict[str, Any]:
     """Simulate the measured trace (its requests as sent, its sizes as served) with the calibrated profile and
     with the engine profile alone; the ratios and the parts, lined up."""
-    arrivals = _as_arrivals(measured.trace)
+    arrivals = as_arrivals(measured.trace)
     calibrated, alone = simulate(arrivals, cal.profile, make_setup()), simulate(arrivals, cal.engine_only, make_setup())
     # The same calibration with the host's CPU not modelled: what the host model adds.
     no_host = simulate(arrivals, dataclasses.replace(cal.profile, host_cores=0.0), make_setup())
@@ -430,17 +258,17 @@ def compare(cal: Calibration, measured: Measured, make_setup: Callable[[], Polic
     p90 = percentile(measured_ttfts, 0.9)
     return {
         "requests": len(measured.trace), "client_cpu_cores": measured.client_cpu_cores,
-        "measured_ttft_s": _summary(measured_ttfts), "simulated_ttft_s": _summary(_sim_ttfts(calibrated)),
-        "simulated_engine_alone_ttft_s": _summary(_sim_ttfts(alone)),
-        "ratio": percentile(_sim_ttfts(calibrated), 0.9) / p90,
-        "ratio_engine_alone": percentile(_sim_ttfts(alone), 0.9) / p90,
-        "ratio_without_host_model": percentile(_sim_ttfts(no_host), 0.9) / p90,
+        "measured_ttft_s": _summary(measured_ttfts), "simulated_ttft_s": _summary(sim_ttfts(calibrated)),
+        "simulated_engine_alone_ttft_s": _summary(sim_ttfts(alone)),
+        "ratio": percentile(sim_ttfts(calibrated), 0.9) / p90,
+        "ratio_engine_alone": percentile(sim_ttfts(alone), 0.9) / p90,
+        "ratio_without_host_model": percentile(sim_ttfts(no_host), 0.9) / p90,
         "second_replica_serving_s": {"measured": split, "simulated": _second_replica_s(calibrated)},
         "ttft_by_phase": {"measured": _phase_ttfts(measured.ttft_points(), split),
                           "simulated": _phase_ttfts(points(calibrated), split),
                           "simulated_engine_alone": _phase_ttfts(points(alone), split)},
         "tpot_p50_s": {"measured": percentile([t for r in measured.trace if (t := r.tpot_s)], 0.5),
-                       "simulated": percentile([t for r in calibrated.requests if (t := _sim_tpot(r))], 0.5)},
+                       "simulated": percentile([t for r in calibrated.requests if (t := sim_tpot(r))], 0.5)},
         "measured_max_replicas": max((n for _, n in measured.replicas), default=0),
         "simulated_max_replicas": max((p["replicas"] for p in calibrated.timeline), default=0),
         "simulated_decisions": calibrated.decisions[:10], "measured_decisions": measured.decisions[:10],
@@ -454,9 +282,3 @@ def compare(cal: Calibration, measured: Measured, make_setup: Callable[[], Polic
 def _second_replica_s(result: SimResult) -> float | None:
     """When the simulated pool first served on two replicas (the timeline's 5 s resolution)."""
     return next((float(p["t_s"]) for p in result.timeline if p["replicas"] > 1), None)
-
-
-def _sim_tpot(request: Any) -> float | None:
-    if request.first_token_s is None or request.done_s is None or request.generated < 2:
-        return None
-    return float((request.done_s - request.first_token_s) / (request.generated - 1))

@@ -53,7 +53,7 @@ class EngineProfile:
     cold_start_cores: float = 0.0  # the cores a start takes while it has them (cold_start_cpu_s / its wall alone)
     # The serving path's extra delay on a request's way to its first token per unit of the host's
     # oversubscription beyond 1 (every consumer's CPU demand / host_cores - 1): its processes' wake-ups wait for a
-    # core when every core is busy. Measured beside a second engine decoding (autoscaling/fidelity.py).
+    # core when every core is busy. Measured beside a second engine decoding (autoscaling/busy_host.py).
     busy_host_delay_s: float = 0.0
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)

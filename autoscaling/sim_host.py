@@ -24,7 +24,7 @@ already running. The model adds that as a delay on the serving path, `busy_host_
 oversubscription beyond 1 (every consumer's demand over the host's cores, `HostShare.oversubscription`; the
 wait for a core grows with the runnable work beyond the cores), measured beside a second real engine decoding
 (`other_engines`: engines outside the pool, each a consumer of an engine's cores) and checked beside CPU-hog
-processes (`cpu_hogs`: each one consumer that wants a whole core) (autoscaling/fidelity.py). In the committed
+processes (`cpu_hogs`: each one consumer that wants a whole core) (autoscaling/busy_host.py). In the committed
 fidelity run (run 8) probes beside 16 streams and a second engine decoding 16 more took 66 ms to their first
 token (45 ms simulated without the delay, at oversubscription 1.58): 0.04 s per unit. Beside two hogs (1.93)
 the engine itself starved (probes 5.6 s), a regime the model does not describe.

@@ -37,7 +37,8 @@ from typing import Any
 from ray.serve._private.constants import CONTROL_LOOP_INTERVAL_S
 from ray.serve.config import AutoscalingConfig
 
-from autoscaling.fidelity import Measured, calibrate, compare
+from autoscaling.fidelity import calibrate, compare
+from autoscaling.measured_run import Measured
 from autoscaling.policy import SurgePolicy
 from autoscaling.profiles import profile_from_dict
 from autoscaling.simulator import PolicySetup

@@ -7,7 +7,9 @@ from typing import Any
 
 from ray.serve.config import AutoscalingConfig
 
-from autoscaling.fidelity import BusyPhase, Measured, MeasuredRequest, _as_arrivals, _busy_host_delay, calibrate
+from autoscaling.busy_host import fit_busy_host_delay
+from autoscaling.fidelity import calibrate
+from autoscaling.measured_run import BusyPhase, Measured, MeasuredRequest, as_arrivals
 from autoscaling.profiles import EngineProfile
 from autoscaling.simulator import PolicySetup, simulate
 from autoscaling.traces import DEFAULT_TIERS, Arrival
@@ -98,7 +100,7 @@ def busy_phase(profile: EngineProfile, hogs: int, other_engines: int = 0) -> lis
     as `profile` simulates them."""
     requests = [MeasuredRequest(0.0, None, 0.0, 200, 20, "busy-batch") for _ in range(16)]
     requests += [MeasuredRequest(0.3 + 0.15 * i, None, 0.0, 1, 10, "busy-short") for i in range(6)]
-    result = simulate(_as_arrivals(requests), profile, one_replica(), end_s=0.0, cpu_hogs=hogs,
+    result = simulate(as_arrivals(requests), profile, one_replica(), end_s=0.0, cpu_hogs=hogs,
                       other_engines=other_engines)  # fmt: skip
     ttfts = {r.seq: r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None}
     return [dataclasses.replace(r, ttft_s=ttfts[i]) for i, r in enumerate(requests)]
@@ -108,7 +110,7 @@ def test_the_busy_host_delay_is_fitted_so_probes_beside_cpu_hogs_reach_their_fir
     truth = dataclasses.replace(HOSTED, busy_host_delay_s=0.1)
     phases = [BusyPhase(1, busy_phase(truth, 1)), BusyPhase(2, busy_phase(truth, 2))]
     run = dataclasses.replace(measured([0.05]), busy=phases)
-    fitted, parts = _busy_host_delay(HOSTED, run)
+    fitted, parts = fit_busy_host_delay(HOSTED, run)
     assert abs(fitted.busy_host_delay_s - 0.1) <= 0.0025
     assert parts["phases"]["hogs2"]["simulated"]["oversubscription"] > 1.0
 
@@ -117,7 +119,7 @@ def test_beside_a_second_engine_the_delay_is_fitted_there_and_the_hog_phases_are
     truth = dataclasses.replace(HOSTED, busy_host_delay_s=0.1)
     hogs = BusyPhase(1, busy_phase(dataclasses.replace(HOSTED, busy_host_delay_s=0.3), 1))
     engines = BusyPhase(0, busy_phase(truth, 0, other_engines=1), other_engines=1)
-    fitted, parts = _busy_host_delay(HOSTED, dataclasses.replace(measured([0.05]), busy=[hogs, engines]))
+    fitted, parts = fit_busy_host_delay(HOSTED, dataclasses.replace(measured([0.05]), busy=[hogs, engines]))
     assert abs(fitted.busy_host_delay_s - 0.1) <= 0.01  # one phase: its probes land between discrete steps
     assert parts["fitted_on"] == ["engines2"]
     assert parts["phases"]["engines2"]["simulated"]["oversubscription"] > 1.0
@@ -126,4 +128,4 @@ def test_beside_a_second_engine_the_delay_is_fitted_there_and_the_hog_phases_are
 
 def test_without_a_modelled_host_the_busy_host_phases_change_nothing() -> None:
     run = dataclasses.replace(measured([0.05]), busy=[BusyPhase(1, busy_phase(HOSTED, 1))])
-    assert _busy_host_delay(ENGINE, run) == (ENGINE, {"measured": False})
+    assert fit_busy_host_delay(ENGINE, run) == (ENGINE, {"measured": False})
