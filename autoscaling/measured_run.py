@@ -108,7 +108,18 @@ class Measured:
 def _busy_phase(raw: dict[str, Any]) -> BusyPhase:
     records = zip(raw["records"], raw["labels"], strict=True)
     requests = [_request(r, label) for r, label in records if r["error"] is None]
+    if "other" in raw:  # the requests sent while the other engine's streams still ran (the simulation's condition)
+        until_s = _other_streams_end_s(raw)
+        requests = [r for r in requests if r.t_s < until_s]
     return BusyPhase(int(raw["hogs"]), sorted(requests, key=lambda r: r.t_s), int(raw.get("other_engines", 0)))
+
+
+def _other_streams_end_s(raw: dict[str, Any]) -> float:
+    """When the other engine's last stream ended, in the phase's clock (runs 7 and 8: at 4.5 s, before the
+    second repeat of the phase)."""
+    other = raw["other"]
+    offset_s = float(raw["start_unix_s"]) - float(other["start_unix_s"])
+    return max(float(r["sent_s"]) + float(r["latency_s"]) for r in other["records"] if r["error"] is None) - offset_s
 
 
 def _request(record: dict[str, Any], label: str = "trace") -> MeasuredRequest:

@@ -59,7 +59,9 @@ _BATCHES = (1, 4, 16, 32, 64, 128)  # the trace reaches ~100 running requests a 
 _PREFILL_STREAM_TOKENS, _PREFILL_PROBES = 200, 10  # ~2 s of 16 streams decoding; probes 0.15 s apart within
 CALIBRATION_POOL = "calibration"
 SECOND_CALIBRATION_POOL = "calibration-2"
-_OTHER_STREAMS, _OTHER_STREAM_TOKENS = 16, 700  # the second engine's streams: decoding through the whole phase
+# The second engine's streams, a wave every `_OTHER_WAVE_S`: 16 streams of 700 tokens took ~6.5 s, so one wave
+# ended before the phase's second repeat (runs 7 and 8); waves overlap between the repeats' probes.
+_OTHER_STREAMS, _OTHER_STREAM_TOKENS, _OTHER_WAVE_S = 16, 700, 6.0
 MEASUREMENTS = RESULTS_DIR / f"{NAME}-measurements.json"
 _IDLE_S = 8.0
 _BUSY_HOGS = (1, 2)  # hogs beside one engine: the host's demand ~1.3x and ~1.8x its cores (the trace's ~1.5x)
@@ -174,10 +176,11 @@ def _busy_phases(url: str, model: str, arrivals: Sequence[Arrival], tmp: Path) -
 def _second_engine_phase(url: str, model: str, other_model: str, arrivals: Sequence[Arrival],
                          tmp: Path) -> dict[str, Any]:  # fmt: skip
     """The busy-host phase beside a second real engine, the trace's condition once its second replica serves:
-    the other calibration replica decodes `_OTHER_STREAMS` long streams through the whole phase (its records
-    are kept, `other`, to check that they did)."""
+    the other calibration replica decodes waves of `_OTHER_STREAMS` long streams through the whole phase (its
+    records are kept, `other`: the analysis keeps the requests sent while they ran)."""
     schedule, labels = busy_schedule(arrivals, "engines2")
-    other = [(0.0, _median_words(arrivals), _OTHER_STREAM_TOKENS)] * _OTHER_STREAMS
+    other = [(_OTHER_WAVE_S * wave, _median_words(arrivals), _OTHER_STREAM_TOKENS)
+             for wave in range(_BUSY_REPEATS) for _ in range(_OTHER_STREAMS)]  # fmt: skip
     with ThreadPoolExecutor(1) as side:
         streams = side.submit(play_schedule, url, other_model, other, tmp / "other.json", first_index=300_000)
         time.sleep(2.0)  # the other engine's streams decoding before the phase's first request

@@ -129,3 +129,19 @@ def test_beside_a_second_engine_the_delay_is_fitted_there_and_the_hog_phases_are
 def test_without_a_modelled_host_the_busy_host_phases_change_nothing() -> None:
     run = dataclasses.replace(measured([0.05]), busy=[BusyPhase(1, busy_phase(HOSTED, 1))])
     assert fit_busy_host_delay(ENGINE, run) == (ENGINE, {"measured": False})
+
+
+def test_a_second_engine_phase_keeps_only_the_requests_sent_while_the_other_engines_streams_ran() -> None:
+    from autoscaling.measured_run import _busy_phase
+
+    def record(sent_s: float, latency_s: float) -> dict[str, Any]:
+        return {"sent_s": sent_s, "ttft_s": 0.05, "latency_s": latency_s, "tokens": 1, "prompt_tokens": 10,
+                "error": None}  # fmt: skip
+
+    # The other engine's player started 2 s before the phase's; its streams ended at 6.5 s of its clock.
+    other = {"start_unix_s": 100.0, "records": [record(0.0, 6.5), record(0.0, 6.0)]}
+    raw = {"hogs": 0, "other_engines": 1, "start_unix_s": 102.0, "labels": ["engines2-short"] * 3,
+           "records": [record(1.0, 0.05), record(4.4, 0.05), record(5.8, 0.05)], "other": other}  # fmt: skip
+    phase = _busy_phase(raw)
+    assert [r.t_s for r in phase.requests] == [1.0, 4.4]
+    assert phase.name == "engines2"
