@@ -25,9 +25,9 @@ oversubscription beyond 1 (every consumer's demand over the host's cores, `HostS
 wait for a core grows with the runnable work beyond the cores), measured beside a second real engine decoding
 (`other_engines`: engines outside the pool, each a consumer of an engine's cores) and checked beside CPU-hog
 processes (`cpu_hogs`: each one consumer that wants a whole core) (autoscaling/busy_host.py). In the committed
-fidelity run (run 8) probes beside 16 streams and a second engine decoding 16 more took 66 ms to their first
-token (45 ms simulated without the delay, at oversubscription 1.58): 0.04 s per unit. Beside two hogs (1.93)
-the engine itself starved (probes 5.6 s), a regime the model does not describe.
+fidelity run (run 9) probes beside 16 streams and a second engine decoding 16 more took 65 ms to their first
+token (27 ms on the quiet host; 46 ms simulated without the delay, at oversubscription 1.53): 0.035 s per
+unit. Beside two hogs (1.87) the engine itself starved (probes 9.2 s), a regime the model does not describe.
 
 GPU profiles leave `host_cores` at 0 and the host is not modelled: each replica has its device, and the serving
 path runs on CPUs the engines do not need, so the host is not the bottleneck there.
