@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ray.serve.config import AutoscalingConfig
-
 from autoscaling.busy_host import fit_busy_host_delay
 from autoscaling.fidelity import calibrate
 from autoscaling.measured_run import BusyPhase, Measured, MeasuredRequest, as_arrivals
 from autoscaling.profiles import EngineProfile
-from autoscaling.simulator import PolicySetup, simulate
+from autoscaling.simulator import simulate
 from autoscaling.traces import DEFAULT_TIERS, Arrival
+from tests.unit.test_sim_host import fixed
 
 ENGINE = EngineProfile(
     name="engine", decode_step_s=[(1, 0.01), (16, 0.02)], prefill_s_per_token=0.0, prefill_base_s=0.005,
@@ -20,14 +19,9 @@ ENGINE = EngineProfile(
 )  # fmt: skip
 
 
-def one_replica() -> PolicySetup:
-    config = AutoscalingConfig(min_replicas=1, max_replicas=1, initial_replicas=1)
-    return PolicySetup("fixed", lambda ctx: (1, {}), config, surge_admission=False)
-
-
 def burst_ttfts(profile: EngineProfile, size: int = 6) -> list[float]:
     arrivals = [Arrival(0.0, 10, 2, DEFAULT_TIERS[0]) for _ in range(size)]
-    result = simulate(arrivals, profile, one_replica(), end_s=0.0)
+    result = simulate(arrivals, profile, fixed(1), end_s=0.0)
     return sorted(r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None)
 
 
@@ -100,7 +94,7 @@ def busy_phase(profile: EngineProfile, hogs: int, other_engines: int = 0) -> lis
     as `profile` simulates them."""
     requests = [MeasuredRequest(0.0, None, 0.0, 200, 20, "busy-batch") for _ in range(16)]
     requests += [MeasuredRequest(0.3 + 0.15 * i, None, 0.0, 1, 10, "busy-short") for i in range(6)]
-    result = simulate(as_arrivals(requests), profile, one_replica(), end_s=0.0, cpu_hogs=hogs,
+    result = simulate(as_arrivals(requests), profile, fixed(1), end_s=0.0, cpu_hogs=hogs,
                       other_engines=other_engines)  # fmt: skip
     ttfts = {r.seq: r.first_token_s - r.arrival.t_s for r in result.requests if r.first_token_s is not None}
     return [dataclasses.replace(r, ttft_s=ttfts[i]) for i, r in enumerate(requests)]
