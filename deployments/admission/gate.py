@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +39,10 @@ __all__ = ["ANONYMOUS", "AdmissionGate", "Tenant", "prompt_token_bound"]
 # quota reservation every generation makes reads the row in its transaction (store.RevokedKeyError).
 # Routes that reserve nothing (/v1/models, /v1/files, /v1/batches) may see a revoked key for this long.
 _KEY_CACHE_S = 5.0
+# A settlement that meets a store outage waits and tries again (about a minute in all), so a store restart does
+# not lose the tokens a request refunds or owes. It runs in the background: nobody waits on it.
+SETTLE_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+logger = logging.getLogger("surge.admission")
 # Chat templates add a few tokens per message (role headers, end-of-turn).
 _TEMPLATE_TOKENS_PER_MESSAGE = 16
 # How long closing waits for quota warnings still being delivered.
@@ -194,8 +199,20 @@ class AdmissionGate:
         return result
 
     async def settle(self, reservation: Reservation | None, actual_tokens: int) -> None:
-        if reservation is not None:
-            await (await self.store()).settle(reservation, actual_tokens)
+        """Charge the tokens actually used instead of the reserved ones, retrying through a store outage."""
+        if reservation is None:
+            return
+        for wait_s in (*SETTLE_RETRY_S, None):
+            try:
+                with key_store_outage():
+                    await (await self.store()).settle(reservation, actual_tokens)
+                return
+            except ServiceUnavailable:
+                if wait_s is None:
+                    logger.error("key %s: %d tokens left unsettled after the store stayed unavailable",
+                                 reservation.key_id, actual_tokens - reservation.tokens)  # fmt: skip
+                    return
+                await asyncio.sleep(wait_s)
 
     def headers(self, reservation: Reservation | None) -> dict[str, str]:
         return {} if reservation is None else reservation.headers(self._config.quota_warning_fraction)

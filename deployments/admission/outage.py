@@ -17,11 +17,14 @@ __all__ = ["STORE_RETRY_AFTER_S", "key_store_outage"]
 logger = logging.getLogger("surge.admission")
 STORE_RETRY_AFTER_S = 1
 # "database is locked" / I/O errors (SQLite); refused, dropped or shutting-down connections (Postgres). OSError
-# covers ConnectionRefusedError and TimeoutError.
+# covers ConnectionRefusedError and TimeoutError. asyncpg raises InternalClientError ("cannot switch to state
+# 15; another operation is in progress") when the server goes away in the middle of a commit: seen with a
+# Postgres stopped under load (a 500 in the multinode chaos test of 2026-12-03).
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     sqlite3.OperationalError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
     OSError,
 )
@@ -33,7 +36,7 @@ def key_store_outage() -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
-        logger.warning("key store unavailable: %s", type(exc).__name__)
+        logger.warning("key store unavailable: %s: %s", type(exc).__name__, exc)
         headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
         raise ServiceUnavailable(
             "The key store is unavailable; retry shortly.", code="key_store_unavailable", headers=headers

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from deployments.admission import AdmissionConfig, ShedConfig, open_store
+from deployments.admission import gate as gate_module
+from deployments.admission.decisions import LimitSnapshot, Reservation
 from deployments.admission.gate import ANONYMOUS, AdmissionGate, prompt_token_bound
+from deployments.admission.outage import key_store_outage
 from deployments.engines.base import ChatPrompt, TextPrompt, TokenPrompt
 from deployments.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 
@@ -82,3 +87,42 @@ def test_prompt_token_bound_counts_bytes_and_template_overhead() -> None:
     assert prompt_token_bound(chat) == len("héllo".encode()) + 32
     assert prompt_token_bound(TextPrompt("abc")) == 4
     assert prompt_token_bound(TokenPrompt([1, 2, 3])) == 3
+
+
+class FlakyStore:
+    """Settles only after `failures` attempts failed as a Postgres going away mid-commit does."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.settled: list[int] = []
+
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation is in progress")
+        self.settled.append(actual_tokens)
+
+
+async def _settle_with(failures: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FlakyStore:
+    monkeypatch.setattr(gate_module, "SETTLE_RETRY_S", (0.0, 0.0, 0.0))
+    gate = AdmissionGate(AdmissionConfig(key_store_dsn=f"sqlite:///{tmp_path / 'k.db'}"))
+    store = FlakyStore(failures)
+    gate._store = store  # type: ignore[assignment]
+    reservation = Reservation("key", 0, date(2026, 12, 3), 1, 100, LimitSnapshot(60, 59, 1000, 900, 60, 10_000, 100))
+    await gate.settle(reservation, 40)
+    return store
+
+
+async def test_a_settlement_meeting_an_outage_is_retried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert (await _settle_with(3, monkeypatch, tmp_path)).settled == [40]
+
+
+async def test_a_settlement_gives_up_after_its_retries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    store = await _settle_with(4, monkeypatch, tmp_path)
+    assert (store.settled, store.failures) == ([], 0)
+
+
+def test_an_asyncpg_client_state_error_is_an_outage_not_a_500() -> None:
+    with pytest.raises(ServiceUnavailable) as caught, key_store_outage():
+        raise asyncpg.exceptions.InternalClientError("cannot switch to state 15")
+    assert (caught.value.code, caught.value.headers["Retry-After"]) == ("key_store_unavailable", "1")
