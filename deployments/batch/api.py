@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.config import BatchApiConfig
+from deployments.admission.outage import key_store_outage
 from deployments.batch.files import FileContents
 from deployments.batch.lines import ENDPOINTS, FileTooLarge, NotFound, parse_input
 from deployments.batch.store import BatchRow, BatchStore, FileRow
@@ -77,7 +78,8 @@ class BatchApi:
     async def store(self) -> BatchStore:
         async with self._lock:
             if self._store is None:
-                self._store = await BatchStore.open(self._dsn)
+                with key_store_outage():
+                    self._store = await BatchStore.open(self._dsn)
             return self._store
 
     async def upload(self, tenant: str, filename: str, purpose: str, data: bytes) -> dict[str, Any]:

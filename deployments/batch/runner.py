@@ -88,6 +88,8 @@ class BatchRunner:
         try:
             job = await load_job(row, await self._tenant(row.tenant), self._store, self._contents,
                                  self._config.batch.max_lines)  # fmt: skip
+        except ServiceUnavailable:
+            return None  # the store is down: opened again at the next sync, not failed
         except (OSError, SurgeError) as exc:
             error: dict[str, Any] = {"code": "invalid_input_file", "message": str(exc), "param": "input_file_id"}
             await self._store.transition(row.id, ACTIVE, "failed", now, errors=[error])

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from cluster.config import PROJECT_ROOT
+from deployments.admission.outage import key_store_outage
 from deployments.admission.store import sqlite_path
 
 __all__ = ["Database", "Tx", "open_database"]
@@ -30,7 +31,8 @@ _BUSY_TIMEOUT_S = 30.0
 
 
 class Database(ABC):
-    """Runs `op(tx)` as one transaction."""
+    """Runs `op(tx)` as one transaction; a database that cannot answer raises `ServiceUnavailable` (a 503
+    with Retry-After on the Batch API's routes, admission/outage.py), as the key store does."""
 
     #: Text of a row-locking clause appended to SELECTs that precede an update ("" where the whole database
     #: is locked by the transaction, as SQLite's BEGIN IMMEDIATE does).
@@ -72,7 +74,8 @@ class _Sqlite(Database):
         return cls(await asyncio.to_thread(connect))
 
     async def run(self, op: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
-        return await asyncio.to_thread(self._run_blocking, op, write)
+        with key_store_outage():
+            return await asyncio.to_thread(self._run_blocking, op, write)
 
     def _run_blocking(self, op: Callable[[Tx], Awaitable[T]], write: bool) -> T:
         async def tx(sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -120,6 +123,10 @@ class _Postgres(Database):
         self._pool = pool
 
     async def run(self, op: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
+        with key_store_outage():
+            return await self._run(op)
+
+    async def _run(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         async with self._pool.acquire() as conn:
 
             async def tx(sql: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -4,6 +4,7 @@ OpenAI's object shapes, the configured size limit, durable contents, and the 4xx
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from cluster.config import load_config
 from deployments.batch.api import BatchApi, CreateBatch
-from deployments.errors import SurgeError
+from deployments.errors import ServiceUnavailable, SurgeError
 
 LINE = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
         "body": {"model": "surge-tiny", "messages": [{"role": "user", "content": "hi"}]}}  # fmt: skip
@@ -100,3 +101,19 @@ def test_the_synchronous_batch_route_is_documented_as_surges_extension() -> None
     paths = app.openapi()["paths"]
     assert "surge's own synchronous extension" in paths["/v1/batch/chat/completions"]["post"]["description"]
     assert {"/v1/files", "/v1/files/{file_id}/content", "/v1/batches", "/v1/batches/{batch_id}/cancel"} <= set(paths)
+
+
+async def test_a_database_that_does_not_answer_is_a_503_with_retry_after(api: BatchApi, tmp_path: Path) -> None:
+    store = await api.store()
+
+    async def locked(tx: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(ServiceUnavailable) as locked_out:
+        await store._db.run(locked)
+    unreachable = BatchApi(api._config, "postgresql://surge@127.0.0.1:1/surge")  # nothing listens on port 1
+    with pytest.raises(ServiceUnavailable) as refused:
+        await unreachable.files("t1", None, 10)
+    for caught in (locked_out, refused):
+        assert (caught.value.status, caught.value.code, caught.value.headers["Retry-After"]) == (
+            503, "key_store_unavailable", "1")  # fmt: skip
